@@ -1,0 +1,191 @@
+"""Command-line interface: argument parsing only; each command calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from . import __version__
+
+
+class UsageError(ValueError):
+    """Bad command-line input; printed as one line, no traceback."""
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    from .models import ARCHITECTURES
+
+    p.add_argument("--model", default="bmshj2018-hyperprior", choices=sorted(ARCHITECTURES),
+                   help="CompressAI architecture for a model built from scratch")
+    p.add_argument("--N", type=int, help="channel count N (architecture default otherwise)")
+    p.add_argument("--M", type=int, help="latent channel count M (where the architecture has it)")
+
+
+def _add_quant_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("quantization (QAT); without --bits or --candidates the model stays FP32")
+    x = g.add_mutually_exclusive_group()
+    x.add_argument("--bits", type=int, help="fixed bit-width for every layer (DPA, a 'Q-' model)")
+    x.add_argument("--candidates", type=_int_list,
+                   help="candidate bit-widths for the selector, e.g. 6,8,10 (DBWS, a 'DQ-' model)")
+    g.add_argument("--quantizer", default="dpa", choices=["dpa", "minmax", "pams"],
+                   help="dpa: learnable s,z (DynaQuant); minmax: static min/max + STE (FPQ); "
+                        "pams: learnable clipping")
+    g.add_argument("--rounding", default="dgm", choices=["dgm", "ste"])
+    g.add_argument("--beta", type=float, default=1.0, help="DGM sharpness β")
+    g.add_argument("--no-learn-scale", action="store_true", help="freeze s (ablation)")
+    g.add_argument("--no-learn-zero-point", action="store_true", help="freeze z (ablation)")
+    g.add_argument("--percentile", type=float, help="calibrate ranges at this percentile, e.g. 99.99")
+    g.add_argument("--selector", default="per-layer", choices=["per-layer", "global"])
+    g.add_argument("--pin-first", type=int, help="bits of the first layer (32 = FP32)")
+    g.add_argument("--pin-last", type=int, help="bits of the last layer (32 = FP32)")
+
+
+def policy_from_args(args: argparse.Namespace):
+    from .quant.wrap import QuantPolicy
+
+    if args.bits is None and args.candidates is None:
+        return None
+    common = dict(quantizer=args.quantizer, rounding=args.rounding, beta=args.beta,
+                  learn_scale=not args.no_learn_scale, learn_zero_point=not args.no_learn_zero_point,
+                  percentile=args.percentile, selector=args.selector, pin_first=args.pin_first,
+                  pin_last=args.pin_last)
+    if args.bits is not None:
+        return QuantPolicy.fixed(args.bits, **common)
+    return QuantPolicy.dynamic(args.candidates, **common)
+
+
+def _set_threads(n: int | None) -> None:
+    if n is not None:
+        if n < 1:
+            raise UsageError(f"--threads must be at least 1, got {n}")
+        torch.set_num_threads(n)
+
+
+# --- commands -----------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    from .data import CropSampler, list_images, repo_data_dir
+    from .models import build_model, load_checkpoint, pretrained_model, resolve_checkpoint
+    from .quant.wrap import wrap
+    from .train import RunSpec, TrainConfig, train
+
+    _set_threads(args.threads)
+    output = Path(args.output)
+    policy = policy_from_args(args)
+    train_state = None
+    overrides = {k: getattr(args, k) for k in (
+        "lmbda", "metric", "steps", "batch_size", "crop", "lr", "lr_end", "aux_lr", "quant_lr",
+        "gamma", "checkpoint_every", "seed", "device") if getattr(args, k) is not None}
+    if args.resume and output.exists():
+        ck = load_checkpoint(output, with_train_state=True)
+        if not ck.train_state:
+            raise UsageError(f"{output} holds no training state to resume (it is a final export)")
+        config = TrainConfig.from_dict({**ck.train_state["config"], **(
+            {"steps": args.steps} if args.steps else {})})
+        model, train_state = ck.model, ck.train_state
+        spec = RunSpec(ck.architecture, ck.arch_args, ck.policy, ck.meta)
+        if train_state["step"] >= config.steps:
+            print(f"{output} already finished {train_state['step']} steps; raise --steps to continue")
+            return 0
+    else:
+        if output.exists() and not args.force:
+            raise UsageError(f"{output} exists: pass --resume to continue it or --force to overwrite")
+        config = TrainConfig(**overrides)
+        meta = {"command": "dqsearch " + " ".join(sys.argv[1:]) if args.record_command else None}
+        if args.pretrained:
+            model = pretrained_model(args.model, args.quality)
+            spec = RunSpec(args.model, {}, None, meta)
+        elif args.checkpoint:
+            ck = load_checkpoint(resolve_checkpoint(args.checkpoint))
+            if ck.policy is not None and policy is not None:
+                raise UsageError(f"{args.checkpoint} is already quantized; start QAT from an FP32 one")
+            model = ck.model
+            spec = RunSpec(ck.architecture, ck.arch_args, ck.policy,
+                           {**meta, "init_from": str(args.checkpoint), "init_model_id": ck.model_id})
+        else:
+            arch_args = {k: v for k, v in (("N", args.N), ("M", args.M)) if v is not None}
+            model = build_model(args.model, **arch_args)
+            spec = RunSpec(args.model, arch_args, None, meta)
+        if policy is not None:
+            wrap(model, policy)
+            spec.policy = policy
+    data = Path(args.data) if args.data else repo_data_dir() / "train"
+    sampler = CropSampler(list_images(data), config.crop)
+    last = train(model, spec, sampler, config, output, train_state, progress=not args.no_progress)
+    print(f"wrote {output}: step {last.get('step')}, bpp {last.get('bpp', 0):.3f}, "
+          f"PSNR {last.get('psnr', 0):.2f} dB")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dqsearch", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"dqsearch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train an FP32 model or fine-tune a quantized one (QAT)")
+    _add_model_args(p)
+    p.add_argument("--checkpoint", help="initial weights: a checkpoint path or embedded:Q")
+    p.add_argument("--pretrained", action="store_true", help="start from CompressAI's zoo weights")
+    p.add_argument("--quality", type=int, default=3, help="zoo quality for --pretrained")
+    p.add_argument("--data", help="training image folder (default ../shared/data/train)")
+    p.add_argument("-o", "--output", required=True, help="checkpoint to write")
+    p.add_argument("--resume", action="store_true", help="continue the run stored in --output")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --output")
+    p.add_argument("--lambda", dest="lmbda", type=float, help="rate-distortion trade-off λ")
+    p.add_argument("--metric", choices=["mse", "ms-ssim"])
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--crop", type=int, help="random crop size in pixels")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--lr-end", type=float, help="cosine-decay the learning rate to this")
+    p.add_argument("--aux-lr", type=float)
+    p.add_argument("--quant-lr", type=float, help="learning rate of quantizer scales")
+    p.add_argument("--gamma", type=float, help="weight γ of the average-bit-width loss")
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="cpu or cuda")
+    p.add_argument("--threads", type=int, help="CPU threads (1 when other jobs share the machine)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--record-command", action=argparse.BooleanOptionalAction, default=True,
+                   help="store the command line in the checkpoint")
+    _add_quant_args(p)
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .data import ImageError
+    from .models import CheckpointError
+
+    try:
+        return args.func(args)
+    except (UsageError, CheckpointError, ImageError, FileNotFoundError, RuntimeError,
+            ValueError, KeyError) as e:
+        if os.environ.get("DQSEARCH_DEBUG"):
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"dqsearch {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; completed work is saved (use --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

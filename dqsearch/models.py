@@ -1,0 +1,229 @@
+"""CompressAI architectures by registry name, dqsearch checkpoints, and the bundled tiny model family.
+
+A checkpoint is a plain dict (tensors, numbers, strings) so it loads with
+`torch.load(weights_only=True)`: architecture name and arguments, the quantization policy (or None
+for FP32), the state dict, metadata, and optionally the training state for `--resume`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from compressai.models import (
+    Cheng2020Anchor,
+    Cheng2020Attention,
+    Elic2022Official,
+    FactorizedPrior,
+    JointAutoregressiveHierarchicalPriors,
+    MeanScaleHyperprior,
+    ScaleHyperprior,
+)
+from compressai.models.base import CompressionModel
+
+from .quant.wrap import QuantPolicy, wrap
+
+ARCHITECTURES: dict[str, type[CompressionModel]] = {
+    "bmshj2018-factorized": FactorizedPrior,
+    "bmshj2018-hyperprior": ScaleHyperprior,
+    "mbt2018-mean": MeanScaleHyperprior,
+    "mbt2018": JointAutoregressiveHierarchicalPriors,
+    "cheng2020-anchor": Cheng2020Anchor,
+    "cheng2020-attn": Cheng2020Attention,
+    "elic2022-official": Elic2022Official,
+}
+# Channel counts CompressAI uses at its middle qualities; override with N/M.
+DEFAULT_ARGS: dict[str, dict[str, int]] = {
+    "bmshj2018-factorized": {"N": 128, "M": 192},
+    "bmshj2018-hyperprior": {"N": 128, "M": 192},
+    "mbt2018-mean": {"N": 128, "M": 192},
+    "mbt2018": {"N": 192, "M": 192},
+    "cheng2020-anchor": {"N": 128},
+    "cheng2020-attn": {"N": 128},
+    "elic2022-official": {"N": 192, "M": 320},
+}
+CHECKPOINT_FORMAT = 1
+EMBEDDED_QUALITIES = (1, 2, 3, 4)
+DEFAULT_EMBEDDED_QUALITY = 3
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and the problem."""
+
+
+def build_model(name: str, **arch_args: int) -> CompressionModel:
+    """A fresh (untrained) CompressAI model by registry name, e.g. ("bmshj2018-hyperprior", N=64, M=96)."""
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(ARCHITECTURES)}")
+    args = {**DEFAULT_ARGS[name], **{k: int(v) for k, v in arch_args.items() if v is not None}}
+    allowed = set(DEFAULT_ARGS[name])
+    if set(args) - allowed:
+        raise ValueError(f"model {name} takes {sorted(allowed)}, not {sorted(set(args) - allowed)}")
+    return ARCHITECTURES[name](**args)
+
+
+def pretrained_model(name: str, quality: int, metric: str = "mse") -> CompressionModel:
+    """CompressAI zoo weights; works offline only when the file is already in torch's hub cache."""
+    from compressai import zoo
+
+    fn = getattr(zoo, name.replace("-", "_"), None)
+    if fn is None:
+        raise ValueError(f"CompressAI has no pretrained {name!r}; train one with `dqsearch train`")
+    try:
+        return fn(quality=quality, metric=metric, pretrained=True, progress=False)
+    except OSError as e:  # URLError is an OSError
+        raise RuntimeError(
+            f"cannot download CompressAI's pretrained {name} (quality {quality}): {e}. This machine "
+            "has no access to CompressAI's weight server; train a model with `dqsearch train` and "
+            "pass it with --checkpoint PATH (or put the weight file in torch's hub cache)."
+        ) from None
+
+
+@dataclass
+class LoadedCheckpoint:
+    """What a checkpoint file holds, with the model already built (and wrapped if quantized)."""
+
+    model: CompressionModel
+    architecture: str
+    arch_args: dict[str, int]
+    policy: QuantPolicy | None
+    meta: dict[str, Any] = field(default_factory=dict)
+    train_state: dict[str, Any] | None = None
+    path: Path | None = None
+
+    @property
+    def model_id(self) -> str:
+        return self.meta["model_id"]
+
+
+def state_dict_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """16 hex digits identifying a model's weights (the bitstream header's model id)."""
+    h = hashlib.sha256()
+    for key in sorted(state_dict):
+        t = state_dict[key]
+        if key.endswith(("_quantized_cdf", "_offset", "_cdf_length")):
+            continue  # derived by update(); identical weights must give identical ids
+        h.update(key.encode())
+        h.update(t.detach().cpu().contiguous().float().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename: never a half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: CompressionModel,
+    architecture: str,
+    arch_args: dict[str, int],
+    policy: QuantPolicy | None = None,
+    meta: dict[str, Any] | None = None,
+    train_state: dict[str, Any] | None = None,
+    half: bool = False,
+) -> str:
+    """Save atomically; returns the model id. `half` stores float weights as fp16 (bundled models)."""
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if half:
+        sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
+    model_id = state_dict_digest(sd)
+    atomic_torch_save(
+        {
+            "format": "dqsearch-checkpoint",
+            "version": CHECKPOINT_FORMAT,
+            "architecture": architecture,
+            "arch_args": dict(arch_args),
+            "policy": policy.to_dict() if policy is not None else None,
+            "state_dict": sd,
+            "meta": {**(meta or {}), "model_id": model_id},
+            "train_state": train_state,
+        },
+        path,
+    )
+    return model_id
+
+
+def load_checkpoint(path: str | Path, with_train_state: bool = False) -> LoadedCheckpoint:
+    """Load and validate a dqsearch checkpoint; every failure is a CheckpointError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, truncation, zip errors, unsafe globals
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e})") from None
+    if not isinstance(raw, dict) or raw.get("format") != "dqsearch-checkpoint":
+        raise CheckpointError(f"{path} is not a dqsearch checkpoint (write one with `dqsearch train`)")
+    if raw.get("version") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} has checkpoint format {raw.get('version')}, this dqsearch "
+                              f"reads format {CHECKPOINT_FORMAT}")
+    for key, typ in (("architecture", str), ("arch_args", dict), ("state_dict", dict), ("meta", dict)):
+        if not isinstance(raw.get(key), typ):
+            raise CheckpointError(f"checkpoint {path}: field {key!r} is missing or not a {typ.__name__}")
+    try:
+        model = build_model(raw["architecture"], **raw["arch_args"])
+        policy = QuantPolicy.from_dict(raw["policy"]) if raw.get("policy") else None
+        if policy is not None:
+            wrap(model, policy)
+        sd = {k: v.float() if v.is_floating_point() else v for k, v in raw["state_dict"].items()}
+        model.load_state_dict(sd)
+    except (ValueError, RuntimeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {path} does not fit its declared model: {e}") from None
+    model.update(force=True)  # entropy-coder tables; recomputed so fp16 files give valid CDFs
+    meta = dict(raw["meta"])
+    meta["model_id"] = meta.get("model_id") or state_dict_digest(raw["state_dict"])
+    return LoadedCheckpoint(model, raw["architecture"], dict(raw["arch_args"]), policy, meta,
+                            raw.get("train_state") if with_train_state else None, path)
+
+
+# --- the bundled family -------------------------------------------------------------------------
+def embedded_dir() -> Path:
+    return Path(str(resources.files("dqsearch") / "embedded"))
+
+
+def embedded_manifest() -> dict[str, Any]:
+    path = embedded_dir() / "manifest.json"
+    if not path.is_file():
+        raise CheckpointError(f"the embedded model manifest {path} is missing; reinstall dqsearch")
+    return json.loads(path.read_text())
+
+
+def embedded_checkpoint(quality: int = DEFAULT_EMBEDDED_QUALITY) -> Path:
+    """Path of the bundled FP32 model at `quality` (1 = lowest rate … 4 = highest)."""
+    entries = {int(e["quality"]): e for e in embedded_manifest()["models"]}
+    if quality not in entries:
+        raise ValueError(f"embedded qualities are {sorted(entries)}, not {quality}")
+    return embedded_dir() / entries[quality]["file"]
+
+
+def resolve_checkpoint(spec: str | Path | None) -> Path:
+    """A checkpoint argument: a path, `embedded:Q`, or None for the default embedded model."""
+    if spec is None:
+        return embedded_checkpoint()
+    s = str(spec)
+    if s.startswith("embedded:"):
+        try:
+            q = int(s.split(":", 1)[1])
+        except ValueError:
+            raise ValueError(f"{s!r}: write embedded:Q with Q in {EMBEDDED_QUALITIES}") from None
+        return embedded_checkpoint(q)
+    return Path(s)

@@ -1,0 +1,213 @@
+"""Quantized Conv2d / ConvTranspose2d: FP32, a fixed bit-width (DPA, "Q-"), or a mixture (DBWS, "DQ-").
+
+Weights and input activations share the layer's bit-width. During training a dynamic layer fuses
+its branches by probability before a single convolution (Σ_k p_k·Q_k(x) with Σ_k p_k·Q_k(W)); the
+per-image weight mixture runs as one grouped convolution, so a three-candidate layer costs one
+convolution, not three. At inference only the chosen branch runs.
+
+The blocks subclass the torch layers they replace, so parameter names (`g_a.0.weight`) and
+`isinstance` checks in CompressAI keep working and an FP32 state dict loads into a wrapped model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .quantizer import QUANTIZERS
+from .selector import BitSelector, sample_probabilities
+
+MODES = ("fp32", "fixed", "dynamic")
+
+
+class QuantizedConv:
+    """Mixin with the quantization state shared by the Conv2d and ConvTranspose2d blocks."""
+
+    weight_channel_dim: int  # output-channel axis of the weight tensor
+    # `_conv(x, weight, bias, groups_factor=1)` comes from the Conv2d / ConvTranspose2d subclass.
+
+    def _init_quant(
+        self,
+        mode: str,
+        candidates: Sequence[int],
+        quantizer: str = "dpa",
+        quantizer_options: dict | None = None,
+        selector: str | None = "per-layer",
+        selector_options: dict | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if quantizer not in QUANTIZERS:
+            raise ValueError(f"quantizer must be one of {sorted(QUANTIZERS)}, got {quantizer!r}")
+        self.mode = mode
+        self.candidates: tuple[int, ...] = tuple(sorted(candidates)) if mode != "fp32" else ()
+        if mode == "fixed" and len(self.candidates) != 1:
+            raise ValueError(f"a fixed-precision layer needs exactly one bit-width, got {candidates}")
+        if mode == "dynamic" and len(self.candidates) < 2:
+            raise ValueError(f"a dynamic layer needs at least two candidate bit-widths, got {candidates}")
+        self.forced_bits: int | None = None
+        self.calibrating = False  # while True the layer runs FP32 (activation calibration)
+        self.external_probs: Tensor | None = None
+        self.last_probs: Tensor | None = None
+        self.last_bits: Tensor | None = None
+        if mode == "fp32":
+            return
+        opts = dict(quantizer_options or {})
+        cls = QUANTIZERS[quantizer]
+        wdim = self.weight_channel_dim
+        weight_opts = {**opts, "track": True} if quantizer == "minmax" else opts
+        self.weight_quantizer = cls(self.weight.shape[wdim], wdim, self.candidates,
+                                    ndim=self.weight.dim(), **weight_opts)
+        self.input_quantizer = cls(self.in_channels, 1, self.candidates, ndim=4, **opts)
+        with torch.no_grad():
+            self.weight_quantizer.observe(self._effective_weight())
+        if mode == "dynamic" and selector == "per-layer":
+            self.selector = BitSelector(self.in_channels, len(self.candidates), 1, **(selector_options or {}))
+
+    # --- pieces -------------------------------------------------------------------------------
+    def _effective_weight(self) -> Tensor:
+        mask = getattr(self, "mask", None)  # CompressAI's MaskedConv2d keeps a causal mask
+        return self.weight * mask if mask is not None else self.weight
+
+    def _quantized(self, x: Tensor, bits: int) -> Tensor:
+        w = self.weight_quantizer(self._effective_weight(), bits)
+        return self._conv(self.input_quantizer(x, bits), w, self.bias)
+
+    def _probabilities(self, x: Tensor) -> Tensor:
+        if self.external_probs is not None:
+            return self.external_probs
+        if not hasattr(self, "selector"):
+            raise RuntimeError("dynamic layer has no selector and got no probabilities from the "
+                               "global selector: run the first layer first or force a profile")
+        logits = self.selector(x)[:, 0]
+        return sample_probabilities(logits, float(self.selector.temperature), self.training)
+
+    # --- forward ------------------------------------------------------------------------------
+    def quant_forward(self, x: Tensor) -> Tensor:
+        y = self._select_and_run(x)
+        if getattr(self, "global_selector", None) is not None and not self.calibrating:
+            self._dispatch_global(y)
+        return y
+
+    def _dispatch_global(self, output: Tensor) -> None:
+        """Hand each dynamic layer its slice of the global selector's distribution (eq. 7)."""
+        sel = self.global_selector
+        probs = sample_probabilities(sel(output), float(sel.temperature), self.training)
+        for i, target in enumerate(self.dispatch_targets):
+            target.external_probs = probs[:, i]
+
+    def _select_and_run(self, x: Tensor) -> Tensor:
+        if self.mode == "fp32" or self.calibrating:
+            return self._conv(x, self._effective_weight(), self.bias)
+        if self.forced_bits is not None:
+            self._record_fixed(x.shape[0], self.forced_bits, x)
+            return self._quantized(x, self.forced_bits)
+        if self.mode == "fixed":
+            self._record_fixed(x.shape[0], self.candidates[0], x)
+            return self._quantized(x, self.candidates[0])
+        probs = self._probabilities(x)
+        self.last_probs = probs
+        cand = torch.tensor(self.candidates, device=x.device)
+        if self.training:
+            self.last_bits = None
+            return self._mixture(x, probs)
+        chosen = cand[probs.argmax(dim=-1)]
+        self.last_bits = chosen
+        return self._per_sample(x, chosen)
+
+    def _record_fixed(self, batch: int, bits: int, x: Tensor) -> None:
+        self.last_bits = torch.full((batch,), bits, device=x.device, dtype=torch.long)
+        if self.mode == "dynamic":
+            onehot = torch.tensor([float(b == bits) for b in self.candidates], device=x.device)
+            self.last_probs = onehot.expand(batch, -1)
+
+    def _per_sample(self, x: Tensor, chosen: Tensor) -> Tensor:
+        values = chosen.unique()
+        if len(values) == 1:
+            return self._quantized(x, int(values[0]))
+        outs = [None] * x.shape[0]
+        for b in values.tolist():
+            idx = (chosen == b).nonzero().flatten()
+            y = self._quantized(x[idx], b)
+            for j, i in enumerate(idx.tolist()):
+                outs[i] = y[j : j + 1]
+        return torch.cat(outs)
+
+    def _mixture(self, x: Tensor, probs: Tensor) -> Tensor:
+        """Σ_k p_k·Q_k(x) convolved with Σ_k p_k·Q_k(W), per image, as one grouped convolution."""
+        batch = x.shape[0]
+        xq = torch.stack([self.input_quantizer(x, b) for b in self.candidates], dim=1)
+        x_mix = torch.einsum("bk,bk...->b...", probs.to(x.dtype), xq)
+        wq = torch.stack([self.weight_quantizer(self._effective_weight(), b) for b in self.candidates])
+        w_mix = torch.einsum("bk,k...->b...", probs.to(wq.dtype), wq)
+        if batch == 1:
+            return self._conv(x_mix, w_mix[0], self.bias)
+        x_flat = x_mix.reshape(1, -1, *x_mix.shape[2:])
+        w_flat = w_mix.reshape(-1, *w_mix.shape[2:])
+        bias = self.bias.repeat(batch) if self.bias is not None else None
+        y = self._conv(x_flat, w_flat, bias, groups_factor=batch)
+        return y.view(batch, -1, *y.shape[2:])
+
+    def quant_extra_repr(self) -> str:
+        return f"mode={self.mode}, bits={list(self.candidates)}"
+
+
+class QuantConv2d(QuantizedConv, nn.Conv2d):
+    """Conv2d whose weights and inputs are fake-quantized per the layer's policy."""
+
+    weight_channel_dim = 0
+
+    def _conv(self, x: Tensor, weight: Tensor, bias: Tensor | None, groups_factor: int = 1) -> Tensor:
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation,
+                        self.groups * groups_factor)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.quant_forward(x)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", " + self.quant_extra_repr()
+
+
+class QuantConvTranspose2d(QuantizedConv, nn.ConvTranspose2d):
+    """ConvTranspose2d whose weights and inputs are fake-quantized per the layer's policy."""
+
+    weight_channel_dim = 1
+
+    def _conv(self, x: Tensor, weight: Tensor, bias: Tensor | None, groups_factor: int = 1) -> Tensor:
+        return F.conv_transpose2d(x, weight, bias, self.stride, self.padding, self.output_padding,
+                                  self.groups * groups_factor, self.dilation)
+
+    def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
+        if output_size is not None:
+            raise ValueError("output_size is not supported by quantized transposed convolutions")
+        return self.quant_forward(x)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", " + self.quant_extra_repr()
+
+
+def from_float(conv: nn.Conv2d | nn.ConvTranspose2d, **quant: object) -> QuantizedConv:
+    """Build the quantized twin of `conv` with the same hyper-parameters, weights and mask."""
+    if conv.padding_mode != "zeros":
+        raise ValueError(f"only zero-padded convolutions can be quantized, not {conv.padding_mode!r}")
+    transposed = isinstance(conv, nn.ConvTranspose2d)
+    cls = QuantConvTranspose2d if transposed else QuantConv2d
+    kwargs = dict(in_channels=conv.in_channels, out_channels=conv.out_channels,
+                  kernel_size=conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                  dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
+                  padding_mode=conv.padding_mode)
+    if transposed:
+        kwargs["output_padding"] = conv.output_padding
+    q = cls(**kwargs).to(conv.weight.device, conv.weight.dtype)
+    with torch.no_grad():
+        q.weight.copy_(conv.weight)
+        if conv.bias is not None:
+            q.bias.copy_(conv.bias)
+    mask = getattr(conv, "mask", None)
+    if mask is not None:
+        q.register_buffer("mask", mask.detach().clone())
+    q._init_quant(**quant)
+    return q

@@ -1,0 +1,223 @@
+"""Per-channel fake quantizers: DPA (learnable scale and zero-point), static min/max, PAMS clipping.
+
+One quantizer instance serves every candidate bit-width of its layer: it holds one (s, z) pair per
+bit-width, so a mixture over {6, 8, 10} trains three sets of parameters that share calibration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .rounding import ROUNDINGS, ste_round
+
+MIN_BITS, MAX_BITS = 2, 16
+_EPS = 1e-8
+
+
+def check_bits(bits: int) -> int:
+    """Validate one bit-width; a clear error instead of a silently wrong range."""
+    if not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+        raise ValueError(f"bit-width must be an integer in {MIN_BITS}..{MAX_BITS}, got {bits!r}")
+    return bits
+
+
+def fake_quantize(
+    x: Tensor,
+    scale: Tensor,
+    zero_point: Tensor,
+    bits: int,
+    rounding: str = "dgm",
+    beta: float = 1.0,
+) -> Tensor:
+    """x̃ = s·(round(clip(x/s + z, 0, 2^b − 1)) − z), with s and z broadcast against x.
+
+    z is rounded (straight-through) so the result is exactly what integer kernels with an integer
+    zero-point compute. Inputs outside the clipping range get no gradient; s and z get LSQ-style
+    gradients through the division and the subtraction.
+    """
+    qmax = float(2 ** check_bits(bits) - 1)
+    z = ste_round(zero_point)
+    v = torch.clamp(x / scale + z, 0.0, qmax)
+    return scale * (ROUNDINGS[rounding](v, beta) - z)
+
+
+def _channel_view(t: Tensor, channel_dim: int, ndim: int) -> Tensor:
+    shape = [1] * ndim
+    shape[channel_dim] = -1
+    return t.view(shape)
+
+
+def channel_range(x: Tensor, channel_dim: int, percentile: float | None = None) -> tuple[Tensor, Tensor]:
+    """Per-channel (low, high) of a tensor: min/max, or the given percentile pair (e.g. 99.9)."""
+    flat = x.detach().transpose(0, channel_dim).reshape(x.shape[channel_dim], -1).float()
+    if percentile is None:
+        return flat.min(dim=1).values, flat.max(dim=1).values
+    if not 50.0 < percentile <= 100.0:
+        raise ValueError(f"percentile must be in (50, 100], got {percentile}")
+    if flat.shape[1] > 65536:  # torch.quantile has an input-size limit; a subsample is plenty
+        idx = torch.randperm(flat.shape[1], device=flat.device)[:65536]
+        flat = flat[:, idx]
+    q = torch.tensor([1 - percentile / 100, percentile / 100], device=flat.device)
+    lo, hi = torch.quantile(flat, q, dim=1)
+    return lo, hi
+
+
+class ChannelQuantizer(nn.Module):
+    """Common state: which bit-widths it serves, per-channel observed range, calibration."""
+
+    def __init__(
+        self,
+        num_channels: int,
+        channel_dim: int,
+        bits: Sequence[int],
+        ndim: int = 4,
+        percentile: float | None = None,
+    ):
+        super().__init__()
+        if not bits:
+            raise ValueError("a quantizer needs at least one bit-width")
+        self.bits = tuple(sorted({check_bits(int(b)) for b in bits}))
+        self.num_channels = num_channels
+        self.channel_dim = channel_dim
+        self.ndim = ndim
+        self.percentile = percentile
+        self.register_buffer("range_low", torch.zeros(num_channels))
+        self.register_buffer("range_high", torch.zeros(num_channels))
+        self.register_buffer("observed_batches", torch.zeros((), dtype=torch.long))
+
+    @property
+    def calibrated(self) -> bool:
+        return bool(self.observed_batches > 0)
+
+    @torch.no_grad()
+    def observe(self, x: Tensor) -> None:
+        """Fold one calibration batch into the range: running min/max, or mean of percentiles."""
+        lo, hi = channel_range(x, self.channel_dim, self.percentile)
+        n = int(self.observed_batches)
+        if n == 0:
+            self.range_low.copy_(lo)
+            self.range_high.copy_(hi)
+        elif self.percentile is None:
+            torch.minimum(self.range_low, lo, out=self.range_low)
+            torch.maximum(self.range_high, hi, out=self.range_high)
+        else:
+            self.range_low.mul_(n / (n + 1)).add_(lo / (n + 1))
+            self.range_high.mul_(n / (n + 1)).add_(hi / (n + 1))
+        self.observed_batches += 1
+        self.reset_from_range()
+
+    def reset_from_range(self) -> None:
+        """Set the quantization parameters from the observed range (subclasses)."""
+
+    def _check(self, bits: int) -> None:
+        if bits not in self.bits:
+            raise KeyError(f"this quantizer serves bit-widths {list(self.bits)}, not {bits}")
+
+    def extra_repr(self) -> str:
+        return f"channels={self.num_channels}, dim={self.channel_dim}, bits={list(self.bits)}"
+
+
+class LearnableQuantizer(ChannelQuantizer):
+    """DPA: asymmetric quantizer with per-channel learnable scale s and zero-point z per bit-width.
+
+    `learn_scale` / `learn_zero_point` freeze either (the paper's ablations); `rounding` picks DGM
+    or STE for round's gradient.
+    """
+
+    def __init__(
+        self,
+        num_channels: int,
+        channel_dim: int,
+        bits: Sequence[int],
+        ndim: int = 4,
+        percentile: float | None = None,
+        rounding: str = "dgm",
+        beta: float = 1.0,
+        learn_scale: bool = True,
+        learn_zero_point: bool = True,
+    ):
+        super().__init__(num_channels, channel_dim, bits, ndim, percentile)
+        if rounding not in ROUNDINGS:
+            raise ValueError(f"rounding must be one of {sorted(ROUNDINGS)}, got {rounding!r}")
+        self.rounding = rounding
+        self.beta = float(beta)
+        self.scale = nn.ParameterDict(
+            {str(b): nn.Parameter(torch.ones(num_channels), learn_scale) for b in self.bits}
+        )
+        self.zero_point = nn.ParameterDict(
+            {str(b): nn.Parameter(torch.zeros(num_channels), learn_zero_point) for b in self.bits}
+        )
+
+    @torch.no_grad()
+    def reset_from_range(self) -> None:
+        lo = torch.clamp(self.range_low, max=0.0)  # zero must be exactly representable
+        hi = torch.clamp(self.range_high, min=0.0)
+        for b in self.bits:
+            qmax = 2**b - 1
+            s = torch.clamp((hi - lo) / qmax, min=_EPS)
+            self.scale[str(b)].copy_(s)
+            self.zero_point[str(b)].copy_(torch.clamp(torch.round(-lo / s), 0, qmax))
+
+    def forward(self, x: Tensor, bits: int) -> Tensor:
+        self._check(bits)
+        if not self.calibrated:
+            self.observe(x)
+        s = _channel_view(self.scale[str(bits)].abs().clamp_min(_EPS), self.channel_dim, x.dim())
+        z = _channel_view(self.zero_point[str(bits)], self.channel_dim, x.dim())
+        return fake_quantize(x, s, z, bits, self.rounding, self.beta)
+
+
+class MinMaxQuantizer(LearnableQuantizer):
+    """Static min/max uniform quantization with STE (the "FPQ" baseline).
+
+    Nothing is learned. Activations keep their calibrated range; weights (`track=True`) take the
+    current tensor's min/max at every call, since QAT moves them.
+    """
+
+    def __init__(self, num_channels: int, channel_dim: int, bits: Sequence[int], ndim: int = 4,
+                 percentile: float | None = None, track: bool = False, **_: object):
+        super().__init__(num_channels, channel_dim, bits, ndim, percentile, rounding="ste",
+                         learn_scale=False, learn_zero_point=False)
+        self.track = track
+
+    def forward(self, x: Tensor, bits: int) -> Tensor:
+        if self.track:
+            with torch.no_grad():
+                self.observed_batches.zero_()
+                self.observe(x)
+        return super().forward(x, bits)
+
+
+class PAMSQuantizer(ChannelQuantizer):
+    """PAMS-style symmetric quantizer with a learnable clipping bound α per channel and bit-width."""
+
+    def __init__(self, num_channels: int, channel_dim: int, bits: Sequence[int], ndim: int = 4,
+                 percentile: float | None = None, **_: object):
+        super().__init__(num_channels, channel_dim, bits, ndim, percentile)
+        self.alpha = nn.ParameterDict({str(b): nn.Parameter(torch.ones(num_channels)) for b in self.bits})
+
+    @torch.no_grad()
+    def reset_from_range(self) -> None:
+        a = torch.maximum(self.range_low.abs(), self.range_high.abs()).clamp_min(_EPS)
+        for b in self.bits:
+            self.alpha[str(b)].copy_(a)
+
+    def forward(self, x: Tensor, bits: int) -> Tensor:
+        self._check(bits)
+        if not self.calibrated:
+            self.observe(x)
+        levels = 2 ** (bits - 1) - 1
+        a = _channel_view(self.alpha[str(bits)].abs().clamp_min(_EPS), self.channel_dim, x.dim())
+        clipped = torch.minimum(torch.maximum(x, -a), a)  # α gets the gradient of clipped values
+        step = a / levels
+        return ste_round(clipped / step) * step
+
+
+QUANTIZERS: dict[str, type[ChannelQuantizer]] = {
+    "dpa": LearnableQuantizer,
+    "minmax": MinMaxQuantizer,
+    "pams": PAMSQuantizer,
+}
