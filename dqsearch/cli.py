@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -105,7 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if output.exists() and not args.force:
             raise UsageError(f"{output} exists: pass --resume to continue it or --force to overwrite")
         config = TrainConfig(**overrides)
-        meta = {"command": "dqsearch " + " ".join(sys.argv[1:]) if args.record_command else None}
+        meta = {"command": "dqsearch " + shlex.join(args.argv) if args.record_command else None}
         if args.pretrained:
             model = pretrained_model(args.model, args.quality)
             spec = RunSpec(args.model, {}, None, meta)
@@ -128,6 +130,86 @@ def cmd_train(args: argparse.Namespace) -> int:
     last = train(model, spec, sampler, config, output, train_state, progress=not args.no_progress)
     print(f"wrote {output}: step {last.get('step')}, bpp {last.get('bpp', 0):.3f}, "
           f"PSNR {last.get('psnr', 0):.2f} dB")
+    return 0
+
+
+def _load(spec: str | None):
+    from .models import load_checkpoint, resolve_checkpoint
+
+    return load_checkpoint(resolve_checkpoint(spec))
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from .codec import compress_file
+    from .quant.wrap import average_bits
+
+    _set_threads(args.threads)
+    ck = _load(args.checkpoint)
+    enc = compress_file(ck.model, ck.model_id, args.image, args.output)
+    msg = f"{args.output}: {len(enc.data)} bytes, {enc.bpp:.4f} bpp, {enc.width}x{enc.height}"
+    if enc.profile:
+        msg += f", average {average_bits(ck.model, enc.profile):.2f} bits"
+    print(msg + f", {enc.encode_seconds:.2f} s")
+    return 0
+
+
+def cmd_decompress(args: argparse.Namespace) -> int:
+    from .codec import decompress_file, unpack
+    from .data import save_image
+    from .models import find_embedded_by_id, load_checkpoint
+
+    _set_threads(args.threads)
+    if args.checkpoint:
+        ck = _load(args.checkpoint)
+    else:
+        header = unpack(Path(args.file).read_bytes() if Path(args.file).is_file() else b"")[0]
+        path = find_embedded_by_id(header.model_id)
+        if path is None:
+            raise UsageError(f"{args.file} was written by model {header.model_id}, which is not "
+                             "bundled: pass the checkpoint that encoded it with --checkpoint PATH")
+        ck = load_checkpoint(path)
+    x_hat, header = decompress_file(ck.model, ck.model_id, args.file)
+    save_image(x_hat, args.output)
+    print(f"{args.output}: {header.width}x{header.height}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .data import list_images, sample_images_dir
+    from .evaluate import evaluate_checkpoint, results_json, write_json
+    from .models import EMBEDDED_QUALITIES, load_checkpoint, resolve_checkpoint
+
+    _set_threads(args.threads)
+    specs = args.checkpoint or [f"embedded:{q}" for q in EMBEDDED_QUALITIES]
+    images = list_images(args.dataset) if args.dataset else list_images(sample_images_dir())
+    if args.limit:
+        images = images[: args.limit]
+    points = []
+    for spec in specs:
+        ck = load_checkpoint(resolve_checkpoint(spec))
+        point = evaluate_checkpoint(ck, images, progress=not args.no_progress)
+        points.append(point)
+        m = point["mean"]
+        bits = f", {m['avg_bits']:.2f} bits" if m["avg_bits"] is not None else ""
+        print(f"{spec}: {m['bpp']:.4f} bpp, {m['psnr']:.2f} dB PSNR{bits}")
+    name = args.name or (Path(specs[0]).stem if len(specs) == 1 else "dqsearch")
+    dataset = args.dataset or "bundled sample images"
+    out = results_json(name, points, args.description or f"{len(images)} images of {dataset}")
+    if args.output:
+        write_json(out, args.output)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_bd_rate(args: argparse.Namespace) -> int:
+    from .evaluate import bd_rate, read_curve
+
+    anchor = read_curve(args.anchor, args.metric)
+    print(f"anchor {args.anchor}, metric {args.metric}, method {args.method}")
+    for test in args.tests:
+        rate, dpsnr = bd_rate(anchor, read_curve(test, args.metric), args.method)
+        print(f"{test}: BD-rate {rate:+.2f}%  BD-{'PSNR' if args.metric == 'psnr-rgb' else 'MS-SSIM'} "
+              f"{dpsnr:+.3f} dB")
     return 0
 
 
@@ -164,12 +246,54 @@ def build_parser() -> argparse.ArgumentParser:
                    help="store the command line in the checkpoint")
     _add_quant_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("compress", help="encode an image into a dqsearch bitstream")
+    p.add_argument("image")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--checkpoint", help="checkpoint path or embedded:Q (default: embedded model)")
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("decompress", help="decode a dqsearch bitstream to PNG")
+    p.add_argument("file")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--checkpoint", help="the checkpoint that encoded the file (bundled ones are found)")
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_decompress)
+
+    p = sub.add_parser("eval", help="RD points from real bitstreams; results JSON (CompressAI format)")
+    p.add_argument("--checkpoint", nargs="+", help="checkpoints (one RD point each; default: the "
+                   "embedded family embedded:1..4)")
+    p.add_argument("--dataset", help="image folder (default: the bundled sample images)")
+    p.add_argument("--limit", type=int, help="only the first N images")
+    p.add_argument("-o", "--output", help="results JSON to write")
+    p.add_argument("--name", help="curve name in the JSON")
+    p.add_argument("--description")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bd-rate", help="BD-rate and BD-PSNR of results JSONs against an anchor")
+    p.add_argument("anchor")
+    p.add_argument("tests", nargs="+")
+    p.add_argument("--metric", default="psnr-rgb", choices=["psnr-rgb", "ms-ssim-rgb"])
+    p.add_argument("--method", default="pchip", choices=["pchip", "akima"],
+                   help="interpolation (named explicitly: bjontegaard's defaults differ by version)")
+    p.set_defaults(func=cmd_bd_rate)
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"dqsearch: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    warnings.showwarning = _show_warning
+    warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit deprecation inside CompressAI
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     from .data import ImageError
     from .models import CheckpointError
 

@@ -227,3 +227,11 @@ def resolve_checkpoint(spec: str | Path | None) -> Path:
             raise ValueError(f"{s!r}: write embedded:Q with Q in {EMBEDDED_QUALITIES}") from None
         return embedded_checkpoint(q)
     return Path(s)
+
+
+def find_embedded_by_id(model_id: str) -> Path | None:
+    """The bundled checkpoint with this model id, if any (lets `decompress` work without --checkpoint)."""
+    for entry in embedded_manifest()["models"]:
+        if entry.get("model_id") == model_id:
+            return embedded_dir() / entry["file"]
+    return None

@@ -142,8 +142,13 @@ def train(
     train_state: dict | None = None,
     loss_terms: Sequence[LossTerm] = (),
     progress: bool = True,
+    pause_at: int | None = None,
 ) -> dict[str, float]:
-    """Train until `config.steps`; writes `output` (and `output`.log.jsonl). Returns last metrics."""
+    """Train until `config.steps`; writes `output` (and `output`.log.jsonl). Returns last metrics.
+
+    `pause_at` stops early with a resumable checkpoint, as if interrupted (time-boxed runs);
+    schedules (learning rate, temperature) always follow `config.steps`.
+    """
     output = Path(output)
     device = torch.device(config.device)
     model.to(device).train()
@@ -187,7 +192,7 @@ def train(
     bar = tqdm(total=config.steps, initial=step, disable=not progress, desc=output.name,
                dynamic_ncols=True)
     with log_path.open("a") as log:
-        while step < config.steps:
+        while step < min(config.steps, pause_at or config.steps):
             t0 = time.perf_counter()
             factor = _lr_factor(config, step)
             for g in optimizer.param_groups:
@@ -233,7 +238,7 @@ def train(
             if step % config.checkpoint_every == 0 and step < config.steps:
                 checkpoint()
     bar.close()
-    checkpoint(final=True)
+    checkpoint(final=step >= config.steps)
     return last
 
 

@@ -10,7 +10,7 @@ import torch
 
 from dqsearch.data import list_images, load_image, sample_images_dir
 
-torch.set_num_threads(int(os.environ.get("DQSEARCH_TEST_THREADS", "2")))
+torch.set_num_threads(int(os.environ.get("DQSEARCH_TEST_THREADS", "1")))
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 
@@ -28,3 +28,22 @@ def small_image(sample_paths):
 @pytest.fixture()
 def rng():
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_quant_checkpoint(tmp_path_factory, sample_paths):
+    """A real (untrained) tiny ScaleHyperprior, DQ-wrapped with a global selector, saved to disk."""
+    from dqsearch.data import pad_to_multiple
+    from dqsearch.models import build_model, save_checkpoint
+    from dqsearch.quant.wrap import QuantPolicy, calibrate, wrap
+
+    torch.manual_seed(0)
+    policy = QuantPolicy.dynamic((4, 8), selector="global")
+    model = wrap(build_model("bmshj2018-hyperprior", N=16, M=24), policy)
+    with torch.no_grad():  # make the selector prefer different bits on different images
+        model.g_a[0].global_selector.mlp[2].weight.normal_(0, 1.0)
+    calibrate(model, [pad_to_multiple(load_image(p).unsqueeze(0), 64)[0] for p in sample_paths[:2]])
+    model.update(force=True)
+    path = tmp_path_factory.mktemp("ck") / "tiny-dq.pt"
+    save_checkpoint(path, model, "bmshj2018-hyperprior", {"N": 16, "M": 24}, policy, {"lmbda": 0.01})
+    return path

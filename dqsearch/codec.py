@@ -1,0 +1,261 @@
+"""The dqsearch bitstream: a small versioned header (model id, image size, per-layer bit-widths)
+followed by CompressAI's entropy-coded strings, so a decoder needs only the file and the checkpoint.
+
+Layout (big-endian):
+    magic "DQSB" | version u8 | crc32 u32 of everything after it | model id 8 bytes |
+    height u16 | width u16 | layer count u16 | bits u8 × count | payload
+The payload is a tagged tree (bytes / list / dict / int) holding CompressAI's `strings` and
+`shape`. Every length is checked against the bytes that remain, the image size is bounded before
+anything is allocated, and the CRC turns any bit flip or truncation into a clear error instead of a
+silently wrong image.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .data import crop_padding, load_image, pad_to_multiple
+from .quant.wrap import FP32, dynamic_layers, get_profile, quantized_layers, set_profile
+
+MAGIC = b"DQSB"
+VERSION = 1
+PAD_MULTIPLE = 64
+MAX_SIDE = 16384
+MAX_PIXELS = 64 * 1024 * 1024
+_MAX_DEPTH = 8
+_MAX_ITEMS = 1 << 16
+
+
+class BitstreamError(ValueError):
+    """A file that cannot be decoded; the message says why."""
+
+
+@dataclass
+class Header:
+    model_id: str  # 16 hex digits
+    height: int
+    width: int
+    profile_bits: tuple[int, ...]  # per quantized layer, in the model's layer order (32 = FP32)
+
+
+# --- payload tree ---------------------------------------------------------------------------------
+def _pack_tree(obj: Any, out: bytearray) -> None:
+    if isinstance(obj, (bytes, bytearray)):
+        out += b"B" + struct.pack(">I", len(obj)) + obj
+    elif isinstance(obj, dict):
+        out += b"D" + struct.pack(">H", len(obj))
+        for k, v in obj.items():
+            kb = str(k).encode()
+            out += struct.pack(">B", len(kb)) + kb
+            _pack_tree(v, out)
+    elif isinstance(obj, (list, tuple, torch.Size)):
+        out += b"L" + struct.pack(">H", len(obj))
+        for v in obj:
+            _pack_tree(v, out)
+    elif isinstance(obj, int):
+        out += b"I" + struct.pack(">q", obj)
+    else:
+        raise TypeError(f"cannot serialise {type(obj).__name__} in a bitstream")
+
+
+class _Reader:
+    def __init__(self, data: bytes, offset: int = 0):
+        self.data, self.pos = data, offset
+
+    def take(self, n: int, what: str) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise BitstreamError(f"file is truncated (reading {what})")
+        b = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return b
+
+    def unpack(self, fmt: str, what: str) -> tuple:
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt), what))
+
+    def tree(self, depth: int = 0) -> Any:
+        if depth > _MAX_DEPTH:
+            raise BitstreamError("payload is nested too deeply")
+        tag = self.take(1, "payload tag")
+        if tag == b"B":
+            (n,) = self.unpack(">I", "string length")
+            return self.take(n, "entropy-coded string")
+        if tag == b"I":
+            return self.unpack(">q", "integer")[0]
+        if tag in (b"L", b"D"):
+            (n,) = self.unpack(">H", "item count")
+            if n > _MAX_ITEMS:
+                raise BitstreamError("payload holds too many items")
+            if tag == b"L":
+                return [self.tree(depth + 1) for _ in range(n)]
+            out = {}
+            for _ in range(n):
+                (kl,) = self.unpack(">B", "key length")
+                key = self.take(kl, "key").decode("utf-8", "replace")
+                out[key] = self.tree(depth + 1)
+            return out
+        raise BitstreamError(f"unknown payload tag {tag!r}")
+
+
+# --- container ------------------------------------------------------------------------------------
+def pack(header: Header, strings: Any, shape: Any) -> bytes:
+    body = bytearray(bytes.fromhex(header.model_id))
+    body += struct.pack(">HHH", header.height, header.width, len(header.profile_bits))
+    body += bytes(header.profile_bits)
+    _pack_tree({"s": strings, "p": shape}, body)
+    return MAGIC + struct.pack(">BI", VERSION, zlib.crc32(body)) + bytes(body)
+
+
+def unpack(data: bytes) -> tuple[Header, Any, Any]:
+    """Parse and validate a file's bytes; raises BitstreamError with the reason."""
+    if len(data) == 0:
+        raise BitstreamError("file is empty")
+    if len(data) < 9 or data[:4] != MAGIC:
+        raise BitstreamError("not a dqsearch bitstream (wrong magic number)")
+    version, crc = struct.unpack(">BI", data[4:9])
+    if version != VERSION:
+        raise BitstreamError(f"bitstream format version {version}; this dqsearch reads version {VERSION}")
+    body = data[9:]
+    if zlib.crc32(body) != crc:
+        raise BitstreamError("file is corrupted or truncated (checksum mismatch)")
+    r = _Reader(body)
+    model_id = r.take(8, "model id").hex()
+    height, width, n_layers = r.unpack(">HHH", "image size")
+    if not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE) or height * width > MAX_PIXELS:
+        raise BitstreamError(f"header claims a {width}x{height} image, beyond the {MAX_SIDE} px / "
+                             f"{MAX_PIXELS // 2**20} MP limit")
+    bits = tuple(r.take(n_layers, "layer bit-widths"))
+    payload = r.tree()
+    if r.pos != len(body):
+        raise BitstreamError("trailing bytes after the payload")
+    if not isinstance(payload, dict) or set(payload) != {"s", "p"}:
+        raise BitstreamError("payload lacks strings or shape")
+    _check_shape(payload["p"], height, width)
+    return Header(model_id, height, width, bits), payload["s"], payload["p"]
+
+
+def _check_shape(shape: Any, height: int, width: int) -> None:
+    """Latent shapes must follow from the image size, so a forged shape cannot force a huge decode."""
+    hp, wp = -(-height // PAD_MULTIPLE) * PAD_MULTIPLE, -(-width // PAD_MULTIPLE) * PAD_MULTIPLE
+    allowed = {(hp // f, wp // f) for f in (4, 8, 16, 32, 64)}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list) and node and all(isinstance(v, int) for v in node):
+            if len(node) < 2 or tuple(node[-2:]) not in allowed or any(v < 1 or v > 4096 for v in node):
+                raise BitstreamError(f"latent shape {node} does not fit a {width}x{height} image")
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+        else:
+            raise BitstreamError("malformed latent shape")
+
+    walk(shape)
+
+
+# --- coding ---------------------------------------------------------------------------------------
+@dataclass
+class Encoded:
+    data: bytes
+    profile: dict[str, int]
+    encode_seconds: float
+    height: int
+    width: int
+
+    @property
+    def bpp(self) -> float:
+        return 8 * len(self.data) / (self.height * self.width)
+
+
+def _profile_for(model: nn.Module, x: Tensor) -> dict[str, int]:
+    """The precision profile for this image: selectors decide in one inference pass, then the
+    profile is forced so encoder and decoder run identical precisions in every layer."""
+    layers = quantized_layers(model)
+    if not layers:
+        return {}
+    set_profile(model, None)
+    if dynamic_layers(model):
+        model(x)
+        return get_profile(model)
+    return {n: (m.candidates[0] if m.mode == "fixed" else FP32) for n, m in layers.items()}
+
+
+@torch.no_grad()
+def encode(model: nn.Module, model_id: str, image: Tensor) -> Encoded:
+    """Compress a [1, 3, H, W] (or [3, H, W]) image in [0, 1] into dqsearch bytes."""
+    if image.dim() == 3:
+        image = image.unsqueeze(0)
+    if image.shape[0] != 1 or image.shape[1] != 3:
+        raise ValueError(f"expected one RGB image, got a tensor of shape {tuple(image.shape)}")
+    _, _, h, w = image.shape
+    if h > MAX_SIDE or w > MAX_SIDE or h * w > MAX_PIXELS:
+        raise ValueError(f"image is {w}x{h}; the bitstream holds at most {MAX_SIDE} px per side")
+    model.eval()
+    t0 = time.perf_counter()
+    x, _ = pad_to_multiple(image, PAD_MULTIPLE)
+    profile = _profile_for(model, x)
+    if profile:
+        set_profile(model, profile)
+    out = model.compress(x)
+    header = Header(model_id, h, w, tuple(profile.values()))
+    data = pack(header, out["strings"], out["shape"])
+    return Encoded(data, profile, time.perf_counter() - t0, h, w)
+
+
+@torch.no_grad()
+def decode(model: nn.Module, model_id: str, data: bytes) -> tuple[Tensor, Header]:
+    """Decode bytes with the matching model; returns ([1, 3, H, W] in [0, 1], header)."""
+    header, strings, shape = unpack(data)
+    if header.model_id != model_id:
+        raise BitstreamError(f"file was written by model {header.model_id}, but the checkpoint is "
+                             f"model {model_id}: decode with the checkpoint that encoded it")
+    layers = list(quantized_layers(model))
+    if len(layers) != len(header.profile_bits):
+        raise BitstreamError(f"file has {len(header.profile_bits)} layer bit-widths, the model "
+                             f"has {len(layers)} quantized layers")
+    model.eval()
+    if layers:
+        try:
+            set_profile(model, dict(zip(layers, header.profile_bits, strict=True)))
+        except ValueError as e:
+            raise BitstreamError(f"file's precision profile does not fit the model: {e}") from None
+    try:
+        out = model.decompress(strings, shape)
+    except (RuntimeError, ValueError, IndexError, TypeError, KeyError) as e:
+        raise BitstreamError(f"entropy-coded payload does not decode ({type(e).__name__}: {e})") from None
+    hp = -(-header.height // PAD_MULTIPLE) * PAD_MULTIPLE
+    wp = -(-header.width // PAD_MULTIPLE) * PAD_MULTIPLE
+    x_hat = out["x_hat"]
+    if tuple(x_hat.shape[-2:]) != (hp, wp):
+        raise BitstreamError(f"decoded size {tuple(x_hat.shape[-2:])} does not match the header")
+    _, pad = pad_to_multiple(torch.empty(1, 1, header.height, header.width), PAD_MULTIPLE)
+    return crop_padding(x_hat, pad).clamp(0, 1), header
+
+
+def compress_file(model: nn.Module, model_id: str, image_path: str | Path, output: str | Path) -> Encoded:
+    enc = encode(model, model_id, load_image(image_path))
+    _atomic_write(Path(output), enc.data)
+    return enc
+
+
+def decompress_file(model: nn.Module, model_id: str, path: str | Path) -> tuple[Tensor, Header]:
+    path = Path(path)
+    if not path.is_file():
+        raise BitstreamError(f"{path} does not exist")
+    return decode(model, model_id, path.read_bytes())
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)

@@ -1,0 +1,187 @@
+"""Rate-distortion evaluation on real bitstreams, results JSON in CompressAI's format, BD-rate.
+
+bpp is counted from the bytes of the file that `dqsearch compress` would write (header included);
+the likelihood estimate is kept beside it only as a check. The reconstruction measured is the one
+`decode` returns from those bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pytorch_msssim import ms_ssim
+from tqdm import tqdm
+
+from .codec import PAD_MULTIPLE, decode, encode
+from .data import load_image, pad_to_multiple
+from .models import LoadedCheckpoint
+from .quant.wrap import average_bits, quantized_layers, set_profile
+
+BD_METHODS = ("pchip", "akima")
+
+
+@dataclass
+class ImageResult:
+    image: str
+    width: int
+    height: int
+    bytes: int
+    bpp: float
+    bpp_likelihood: float
+    psnr: float
+    ms_ssim: float | None
+    encoding_time: float
+    decoding_time: float
+    avg_bits: float | None
+    avg_bits_weighted: float | None
+    profile: dict[str, int]
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = torch.mean((a - b) ** 2).item()
+    return float("inf") if mse == 0 else -10 * math.log10(mse)
+
+
+def msssim_or_none(a: torch.Tensor, b: torch.Tensor) -> float | None:
+    """MS-SSIM needs the short side above 160 px (5 scales of an 11-px window)."""
+    if min(a.shape[-2:]) <= 160:
+        return None
+    return float(ms_ssim(a, b, data_range=1.0))
+
+
+@torch.no_grad()
+def likelihood_bpp(model: torch.nn.Module, x: torch.Tensor, profile: dict[str, int]) -> float:
+    """The entropy model's own rate estimate for the same precision profile (a sanity check)."""
+    xp, _ = pad_to_multiple(x, PAD_MULTIPLE)
+    if profile:
+        set_profile(model, profile)
+    out = model(xp)
+    bits = sum(torch.log2(lk).sum().neg() for lk in out["likelihoods"].values())
+    return float(bits) / (x.shape[-2] * x.shape[-1])
+
+
+@torch.no_grad()
+def evaluate_image(ck: LoadedCheckpoint, path: Path) -> tuple[ImageResult, torch.Tensor]:
+    """Encode, decode and measure one image; returns the result and the decoded image."""
+    model = ck.model.eval()
+    x = load_image(path).unsqueeze(0)
+    enc = encode(model, ck.model_id, x)
+    t0 = time.perf_counter()
+    x_hat, _ = decode(model, ck.model_id, enc.data)
+    dec_s = time.perf_counter() - t0
+    h, w = x.shape[-2:]
+    quantized = bool(quantized_layers(model))
+    res = ImageResult(
+        image=path.name, width=w, height=h, bytes=len(enc.data),
+        bpp=8 * len(enc.data) / (h * w),
+        bpp_likelihood=likelihood_bpp(model, x, enc.profile),
+        psnr=psnr(x, x_hat), ms_ssim=msssim_or_none(x, x_hat),
+        encoding_time=enc.encode_seconds, decoding_time=dec_s,
+        avg_bits=average_bits(model, enc.profile) if quantized else None,
+        avg_bits_weighted=average_bits(model, enc.profile, weighted=True) if quantized else None,
+        profile=enc.profile,
+    )
+    return res, x_hat
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.fmean(vals) if vals else None
+
+
+def evaluate_checkpoint(
+    ck: LoadedCheckpoint, images: Sequence[Path], progress: bool = True
+) -> dict[str, Any]:
+    """Per-image results and their means for one checkpoint (one RD point)."""
+    rows = []
+    for path in tqdm(images, desc=ck.path.name if ck.path else "eval", disable=not progress):
+        rows.append(evaluate_image(ck, path)[0])
+    keys = ("bpp", "bpp_likelihood", "psnr", "ms_ssim", "encoding_time", "decoding_time",
+            "avg_bits", "avg_bits_weighted")
+    means = {k: _mean([getattr(r, k) for r in rows]) for k in keys}
+    layer_names = list(rows[0].profile) if rows and rows[0].profile else []
+    layer_bits = {n: _mean([r.profile[n] for r in rows]) for n in layer_names}
+    return {
+        "checkpoint": str(ck.path) if ck.path else None,
+        "model_id": ck.model_id,
+        "architecture": ck.architecture,
+        "arch_args": ck.arch_args,
+        "policy": ck.policy.to_dict() if ck.policy else None,
+        "lmbda": ck.meta.get("lmbda"),
+        "mean": means,
+        "mean_layer_bits": layer_bits,
+        "images": [asdict(r) for r in rows],
+    }
+
+
+def results_json(name: str, points: Sequence[dict[str, Any]], description: str = "") -> dict[str, Any]:
+    """CompressAI's results format (one list entry per RD point, sorted by rate) plus our fields."""
+    points = sorted(points, key=lambda p: p["mean"]["bpp"])
+    col = lambda k: [p["mean"][k] for p in points]  # noqa: E731
+    return {
+        "name": name,
+        "description": description,
+        "results": {
+            "psnr-rgb": col("psnr"),
+            "ms-ssim-rgb": col("ms_ssim"),
+            "bpp": col("bpp"),
+            "encoding_time": col("encoding_time"),
+            "decoding_time": col("decoding_time"),
+            "bpp_likelihood": col("bpp_likelihood"),
+            "avg_bits": col("avg_bits"),
+            "avg_bits_weighted": col("avg_bits_weighted"),
+        },
+        "points": list(points),
+    }
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, allow_nan=True) + "\n")
+    tmp.replace(path)
+
+
+# --- BD-rate ---------------------------------------------------------------------------------------
+def read_curve(path: str | Path, metric: str = "psnr-rgb") -> tuple[list[float], list[float]]:
+    """(bpp, metric) lists from a CompressAI-format results JSON, with a clear error when unusable."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read results file {path}: {e}") from None
+    results = data.get("results", data) if isinstance(data, dict) else None
+    if not isinstance(results, dict) or "bpp" not in results or metric not in results:
+        raise ValueError(f"{path} has no 'results' with 'bpp' and '{metric}' (CompressAI format)")
+    bpp, dist = results["bpp"], results[metric]
+    if len(bpp) != len(dist) or any(v is None for v in dist):
+        raise ValueError(f"{path}: '{metric}' is missing for some RD points")
+    if metric == "ms-ssim-rgb":  # BD on MS-SSIM in dB, as CompressAI plots it
+        dist = [-10 * math.log10(1 - v) for v in dist]
+    return list(bpp), list(dist)
+
+
+def bd_rate(anchor: tuple[Sequence[float], Sequence[float]], test: tuple[Sequence[float], Sequence[float]],
+            method: str = "pchip") -> tuple[float, float]:
+    """(BD-rate in %, BD-PSNR in dB) of test against anchor with the bjontegaard package."""
+    import bjontegaard as bd
+
+    if method not in BD_METHODS:
+        raise ValueError(f"BD method must be one of {BD_METHODS}, got {method!r}")
+    for name, (r, _) in (("anchor", anchor), ("test", test)):
+        if len(r) < 2:
+            raise ValueError(f"the {name} curve has {len(r)} RD point(s); BD-rate needs at least two")
+    rate = bd.bd_rate(anchor[0], anchor[1], test[0], test[1], method=method,
+                      require_matching_points=False, min_overlap=0)
+    dpsnr = bd.bd_psnr(anchor[0], anchor[1], test[0], test[1], method=method,
+                       require_matching_points=False, min_overlap=0)
+    return float(rate), float(dpsnr)

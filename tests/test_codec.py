@@ -1,0 +1,116 @@
+import random
+
+import pytest
+import torch
+
+from dqsearch.codec import (
+    MAX_SIDE,
+    BitstreamError,
+    Header,
+    decode,
+    encode,
+    pack,
+    unpack,
+)
+from dqsearch.data import crop_padding, pad_to_multiple
+from dqsearch.models import load_checkpoint
+from dqsearch.quant.wrap import set_profile
+
+
+@pytest.fixture(scope="module")
+def ck(tiny_quant_checkpoint):
+    return load_checkpoint(tiny_quant_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def encoded(ck, sample_paths):
+    from dqsearch.data import load_image
+
+    x = load_image(sample_paths[1])[:, :48, :64].unsqueeze(0).contiguous()
+    return x, encode(ck.model, ck.model_id, x)
+
+
+def test_header_round_trip():
+    h = Header("0123456789abcdef", 480, 641, (8, 6, 32, 10))
+    strings = [[b"abc"], [b"", b"\x00\xff"]]
+    shape = {"y": [[16, 32, 44]], "hyper": [8, 11]}  # 480x641 pads to 512x704
+    data = pack(h, strings, shape)
+    h2, s2, p2 = unpack(data)
+    assert h2 == h and s2 == strings and p2 == shape
+
+
+@pytest.mark.parametrize("size", [(48, 64), (37, 53), (1, 1)])
+def test_decode_reproduces_forward_for_any_size(ck, sample_paths, size):
+    from dqsearch.data import load_image
+
+    h, w = size
+    x = load_image(sample_paths[2])[:, :h, :w].unsqueeze(0).contiguous()
+    enc = encode(ck.model, ck.model_id, x)
+    x_hat, header = decode(ck.model, ck.model_id, enc.data)
+    assert x_hat.shape == x.shape and (header.height, header.width) == (h, w)
+    assert header.profile_bits == tuple(enc.profile.values())
+    with torch.no_grad():  # the decoder ran exactly the encoder's precision profile
+        xp, pad = pad_to_multiple(x, 64)
+        set_profile(ck.model, enc.profile)
+        ref = crop_padding(ck.model(xp)["x_hat"], pad).clamp(0, 1)
+    assert torch.equal(x_hat, ref)
+
+
+def test_profiles_differ_per_image(ck, sample_paths):
+    from dqsearch.data import load_image
+
+    profiles = {tuple(encode(ck.model, ck.model_id, load_image(p)[:, :64, :64].unsqueeze(0)).profile.values())
+                for p in sample_paths}
+    assert len(profiles) > 1, "the selector should pick per image"
+
+
+def test_bad_files_give_clear_errors(ck, encoded):
+    _, enc = encoded
+    data = enc.data
+    cases = {
+        b"": "empty",
+        data[:-5]: "corrupted or truncated",
+        data[:20]: "corrupted or truncated",
+        b"XXXX" + data[4:]: "magic",
+        data[:4] + bytes([9]) + data[5:]: "version 9",
+    }
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x10
+    cases[bytes(flipped)] = "corrupted"
+    for bad, msg in cases.items():
+        with pytest.raises(BitstreamError, match=msg):
+            decode(ck.model, ck.model_id, bad)
+
+
+def test_wrong_model_id_refused(ck, encoded):
+    with pytest.raises(BitstreamError, match="decode with the checkpoint that encoded it"):
+        decode(ck.model, "ffffffffffffffff", encoded[1].data)
+
+
+def test_huge_claimed_size_refused_before_decoding(ck):
+    for h, w in [(MAX_SIDE + 1, 10), (65535, 65535)]:
+        data = pack(Header(ck.model_id, h, w, (8,) * 14), [[b"x"]], [1, 1])
+        with pytest.raises(BitstreamError, match="limit"):
+            decode(ck.model, ck.model_id, data)
+    data = pack(Header(ck.model_id, 64, 64, (8,) * 14), [[b"x"], [b"y"]], [5000, 5000])
+    with pytest.raises(BitstreamError, match="does not fit"):
+        decode(ck.model, ck.model_id, data)
+
+
+def test_random_mutations_never_crash(ck, encoded):
+    """A light fuzz: every mutated file decodes or raises BitstreamError."""
+    data = encoded[1].data
+    rnd = random.Random(0)
+    for _ in range(200):
+        b = bytearray(data)
+        op = rnd.choice(["flip", "cut", "insert"])
+        if op == "flip":
+            b[rnd.randrange(len(b))] ^= 1 << rnd.randrange(8)
+        elif op == "cut":
+            b = b[: rnd.randrange(len(b))]
+        else:
+            b.insert(rnd.randrange(len(b)), rnd.randrange(256))
+        try:
+            decode(ck.model, ck.model_id, bytes(b))
+        except BitstreamError:
+            pass
