@@ -91,7 +91,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     train_state = None
     overrides = {k: getattr(args, k) for k in (
         "lmbda", "metric", "steps", "batch_size", "crop", "lr", "lr_end", "aux_lr", "quant_lr",
-        "gamma", "checkpoint_every", "seed", "device") if getattr(args, k) is not None}
+        "gamma", "checkpoint_every", "seed", "device", "compile") if getattr(args, k) is not None}
     if args.resume and output.exists():
         ck = load_checkpoint(output, with_train_state=True)
         if not ck.train_state:
@@ -241,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu or cuda")
     p.add_argument("--threads", type=int, help="CPU threads (1 when other jobs share the machine)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the fake quantizer: ~3x faster QAT after a 20-45 s compile")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--record-command", action=argparse.BooleanOptionalAction, default=True,
                    help="store the command line in the checkpoint")

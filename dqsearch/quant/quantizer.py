@@ -44,6 +44,23 @@ def fake_quantize(
     return scale * (ROUNDINGS[rounding](v, beta) - z)
 
 
+_active_fake_quantize = fake_quantize
+
+
+def use_compiled_quantization(enabled: bool = True) -> None:
+    """Run `fake_quantize` through torch.compile (one fused kernel instead of ~12 elementwise
+    passes; ~3x faster QAT quantization on CPU, identical outputs). The first call per bit-width
+    compiles for 20-45 s, so it pays off only for runs of hundreds of steps or more."""
+    global _active_fake_quantize
+    if enabled:
+        import torch._dynamo
+
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        _active_fake_quantize = torch.compile(fake_quantize, dynamic=True)
+    else:
+        _active_fake_quantize = fake_quantize
+
+
 def _channel_view(t: Tensor, channel_dim: int, ndim: int) -> Tensor:
     shape = [1] * ndim
     shape[channel_dim] = -1
@@ -167,7 +184,7 @@ class LearnableQuantizer(ChannelQuantizer):
             self.observe(x)
         s = _channel_view(self.scale[str(bits)].abs().clamp_min(_EPS), self.channel_dim, x.dim())
         z = _channel_view(self.zero_point[str(bits)], self.channel_dim, x.dim())
-        return fake_quantize(x, s, z, bits, self.rounding, self.beta)
+        return _active_fake_quantize(x, s, z, bits, self.rounding, self.beta)
 
 
 class MinMaxQuantizer(LearnableQuantizer):
