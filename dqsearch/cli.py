@@ -213,6 +213,20 @@ def cmd_bd_rate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import Study, run_study
+    from .report import markdown_table
+
+    _set_threads(args.threads)
+    study = Study.load(args.study)
+    if args.limit:
+        study.limit = args.limit
+    summary = run_study(study, only=args.only, progress=not args.no_progress)
+    print(markdown_table(summary["rows"]))
+    print(f"results, table and figures in {summary['output']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dqsearch", description=__doc__)
     parser.add_argument("--version", action="version", version=f"dqsearch {__version__}")
@@ -282,6 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="pchip", choices=["pchip", "akima"],
                    help="interpolation (named explicitly: bjontegaard's defaults differ by version)")
     p.set_defaults(func=cmd_bd_rate)
+
+    p = sub.add_parser("compare", help="run or collect every method of a study file; table + figures")
+    p.add_argument("study", help="study TOML (see studies/)")
+    p.add_argument("--only", nargs="+", help="(re)run only these methods; others are collected")
+    p.add_argument("--limit", type=int, help="evaluate on the first N images only")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 

@@ -177,9 +177,13 @@ def bd_rate(anchor: tuple[Sequence[float], Sequence[float]], test: tuple[Sequenc
 
     if method not in BD_METHODS:
         raise ValueError(f"BD method must be one of {BD_METHODS}, got {method!r}")
-    for name, (r, _) in (("anchor", anchor), ("test", test)):
+    for name, (r, d) in (("anchor", anchor), ("test", test)):
         if len(r) < 2:
             raise ValueError(f"the {name} curve has {len(r)} RD point(s); BD-rate needs at least two")
+        pts = sorted(zip(r, d, strict=True))
+        if any(b[0] <= a[0] or b[1] <= a[1] for a, b in zip(pts, pts[1:])):
+            raise ValueError(f"the {name} curve is not monotonic (quality must rise with rate at "
+                             f"every point): BD-rate is undefined for it")
     rate = bd.bd_rate(anchor[0], anchor[1], test[0], test[1], method=method,
                       require_matching_points=False, min_overlap=0)
     dpsnr = bd.bd_psnr(anchor[0], anchor[1], test[0], test[1], method=method,

@@ -152,6 +152,7 @@ def train(
     schedules (learning rate, temperature) always follow `config.steps`.
     """
     output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
     use_compiled_quantization(config.compile)
     device = torch.device(config.device)
     model.to(device).train()

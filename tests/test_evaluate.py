@@ -35,6 +35,8 @@ def test_bd_rate_rejects_bad_input(tmp_path):
         bd_rate(([0.1], [30.0]), ([0.1, 0.2], [30.0, 31.0]))
     with pytest.raises(ValueError, match="method"):
         bd_rate(([0.1, 0.2], [30.0, 31.0]), ([0.1, 0.2], [30.0, 31.0]), "cubicz")
+    with pytest.raises(ValueError, match="not monotonic"):
+        bd_rate(([0.1, 0.2, 0.3], [30.0, 29.0, 31.0]), ([0.1, 0.2], [30.0, 31.0]))
     bad = tmp_path / "bad.json"
     bad.write_text('{"name": "x"}')
     with pytest.raises(ValueError, match="CompressAI format"):

@@ -269,3 +269,26 @@ def average_bits(model: nn.Module, profile: Mapping[str, int], weighted: bool = 
     weights = {n: (m.weight.numel() if weighted else 1) for n, m in layers.items()}
     total = sum(weights.values())
     return sum(profile[n] * w for n, w in weights.items()) / total
+
+
+def weight_bytes(model: nn.Module, profile: Mapping[str, int] | None = None) -> dict[str, float]:
+    """Model size in bytes: FP32, and with each conv's weights packed at their bit-width.
+
+    `packed` stores a fixed layer at its bits and a dynamic layer at its largest candidate (every
+    branch must be derivable at run time); `paper` is DynaQuant's definition, FP32 size × b̄/32 with
+    b̄ the profile's parameter-weighted bits. Everything else (biases, GDN, entropy models) is FP32.
+    """
+    layers = quantized_layers(model)
+    total = sum(p.numel() for p in model.parameters())
+    conv_params = {n: m.weight.numel() for n, m in layers.items()}
+    rest = total - sum(conv_params.values())
+    packed = rest * 4.0
+    for n, m in layers.items():
+        bits = FP32 if m.mode == "fp32" else max(m.candidates)
+        packed += conv_params[n] * bits / 8
+    fp32 = total * 4.0
+    out = {"fp32": fp32, "packed": packed}
+    if profile is not None and layers:
+        wbar = sum(profile[n] * conv_params[n] for n in layers) / sum(conv_params.values())
+        out["paper"] = fp32 * wbar / 32
+    return out

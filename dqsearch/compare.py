@@ -1,0 +1,206 @@
+"""`dqsearch compare STUDY.toml`: run (or collect) every method of a study file on a model family
+and dataset, then write the comparison table and figures.
+
+A study file names the FP32 family, the evaluation images, shared QAT settings and the methods.
+Each method's checkpoints and per-checkpoint results are cached under the output folder, so a rerun
+only does what is missing and an interrupted QAT run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+import torch
+
+from .data import CropSampler, list_images, repo_data_dir, sample_images_dir
+from .evaluate import evaluate_checkpoint, results_json, write_json
+from .models import load_checkpoint, resolve_checkpoint, save_checkpoint
+from .quant.wrap import QuantPolicy, calibrate, weight_bytes, wrap
+from .report import csv_table, markdown_table, plot_bits_heatmap, plot_rd, summary_rows
+from .train import RunSpec, TrainConfig, train
+
+METHOD_KINDS = ("fp32", "ptq", "qat")
+_POLICY_KEYS = set(QuantPolicy.__dataclass_fields__) - {"overrides"}
+_TRAIN_KEYS = set(TrainConfig.__dataclass_fields__)
+
+
+class StudyError(ValueError):
+    """A study file that cannot be run; the message names the field."""
+
+
+@dataclass
+class Method:
+    name: str
+    kind: str
+    policy: QuantPolicy | None
+    train: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
+
+
+@dataclass
+class Study:
+    name: str
+    description: str
+    root: Path
+    dataset: Path
+    train_data: Path
+    family: list[str]
+    anchor: str
+    methods: list[Method]
+    train: dict[str, Any]
+    output: Path
+    limit: int | None = None
+    bd_method: str = "pchip"
+
+    @classmethod
+    def load(cls, path: str | Path) -> Study:
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise StudyError(f"study file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise StudyError(f"study file {path} is not valid TOML: {e}") from None
+        root = path.parent
+
+        def where(p: str | None, default: Path) -> Path:
+            if p is None:
+                return default
+            p = p.replace("{shared}", str(repo_data_dir())).replace("{samples}", str(sample_images_dir()))
+            return (root / p).resolve() if not Path(p).is_absolute() else Path(p)
+
+        for key in ("name", "family", "methods"):
+            if key not in raw:
+                raise StudyError(f"{path}: missing field '{key}'")
+        train_cfg = dict(raw.get("train", {}))
+        bad = set(train_cfg) - _TRAIN_KEYS - {"data"}
+        if bad:
+            raise StudyError(f"{path}: unknown [train] fields {sorted(bad)}")
+        methods = []
+        for i, m in enumerate(raw["methods"]):
+            if "name" not in m:
+                raise StudyError(f"{path}: methods[{i}] has no 'name'")
+            kind = m.get("kind", "qat")
+            if kind not in METHOD_KINDS:
+                raise StudyError(f"{path}: method {m['name']!r} has kind {kind!r}; use one of {METHOD_KINDS}")
+            pol_fields = {k: v for k, v in m.items() if k in _POLICY_KEYS}
+            extra = set(m) - _POLICY_KEYS - _TRAIN_KEYS - {"name", "kind", "candidates"}
+            if extra:
+                raise StudyError(f"{path}: method {m['name']!r} has unknown fields {sorted(extra)}")
+            policy = None
+            if kind != "fp32":
+                if "candidates" in m:
+                    policy = QuantPolicy.dynamic(m["candidates"], **pol_fields)
+                elif "bits" in pol_fields:
+                    policy = QuantPolicy(mode="fixed", **{**pol_fields, "bits": (pol_fields["bits"],)})
+                else:
+                    raise StudyError(f"{path}: method {m['name']!r} needs 'bits' or 'candidates'")
+            methods.append(Method(m["name"], kind, policy, {k: v for k, v in m.items() if k in _TRAIN_KEYS}))
+        names = [m.name for m in methods]
+        anchor = raw.get("anchor", names[0])
+        if anchor not in names:
+            raise StudyError(f"{path}: anchor {anchor!r} is not one of the methods {names}")
+        return cls(
+            name=raw["name"], description=raw.get("description", ""), root=root,
+            dataset=where(raw.get("dataset"), sample_images_dir()),
+            train_data=where(train_cfg.pop("data", None), repo_data_dir() / "train"),
+            family=list(raw["family"]), anchor=anchor, methods=methods, train=train_cfg,
+            output=where(raw.get("output"), root / raw["name"]), limit=raw.get("limit"),
+            bd_method=raw.get("bd_method", "pchip"),
+        )
+
+
+def _family_checkpoint(study: Study, spec: str) -> Path:
+    p = resolve_checkpoint(spec)
+    return p if p.is_absolute() or str(spec).startswith("embedded:") else (study.root / p).resolve()
+
+
+def method_checkpoint(study: Study, method: Method, base: Path, progress: bool) -> Path:
+    """The checkpoint of `method` derived from FP32 `base`: itself, PTQ-calibrated, or QAT-trained
+    (resuming an interrupted run)."""
+    if method.kind == "fp32":
+        return base
+    out = study.output / "checkpoints" / method.slug / f"{base.stem}.pt"
+    resumed = load_checkpoint(out, with_train_state=True) if out.exists() else None
+    if resumed is not None and resumed.meta.get("finished"):
+        return out
+    if resumed is not None:
+        model, state = resumed.model, resumed.train_state
+        run = RunSpec(resumed.architecture, resumed.arch_args, resumed.policy, resumed.meta)
+    else:
+        fp = load_checkpoint(base)
+        model, state = wrap(fp.model, method.policy), None
+        run = RunSpec(fp.architecture, fp.arch_args, method.policy,
+                      {"init_from": str(base), "init_model_id": fp.model_id, "study": study.name,
+                       "method": method.name, "lmbda": fp.meta.get("lmbda", 0.013)})
+    config = TrainConfig.from_dict({**study.train, **method.train, "lmbda": run.meta["lmbda"]})
+    sampler = CropSampler(list_images(study.train_data), config.crop)
+    if method.kind == "ptq":  # calibration only, no weight updates
+        gen = torch.Generator().manual_seed(config.seed)
+        calibrate(model, (sampler.sample(config.batch_size, gen) for _ in range(config.calibration_batches)))
+        model.update(force=True)
+        save_checkpoint(out, model, run.architecture, run.arch_args, run.policy,
+                        {**run.meta, "finished": True, "steps": 0})
+        return out
+    train(model, run, sampler, config, out, train_state=state, progress=progress)
+    return out
+
+
+def run_study(study: Study, only: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Produce every method's checkpoints and results, then the table and figures."""
+    images = list_images(study.dataset)[: study.limit] if study.limit else list_images(study.dataset)
+    study.output.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict] = {}
+    for method in study.methods:
+        res_path = study.output / f"{method.slug}.json"
+        if only and method.name not in only:
+            if res_path.exists():
+                results[method.name] = json.loads(res_path.read_text())
+            continue
+        points = []
+        for spec in study.family:
+            ck_path = method_checkpoint(study, method, _family_checkpoint(study, spec), progress)
+            ck = load_checkpoint(ck_path)
+            cache = study.output / "points" / method.slug / f"{ck_path.stem}.json"
+            key = {"model_id": ck.model_id, "images": [p.name for p in images]}
+            if cache.exists() and json.loads(cache.read_text()).get("key") == key:
+                point = json.loads(cache.read_text())["point"]
+            else:
+                point = evaluate_checkpoint(ck, images, progress=progress)
+                profile = point["images"][0]["profile"] or None
+                point["size"] = weight_bytes(ck.model, profile)
+                write_json({"key": key, "point": point}, cache)
+            points.append(point)
+        results[method.name] = results_json(method.name, points,
+                                            f"{study.name}: {method.name} on {study.dataset.name}")
+        write_json(results[method.name], res_path)
+    return write_report(study, results)
+
+
+def write_report(study: Study, results: dict[str, dict]) -> dict[str, Any]:
+    rows = summary_rows(results, study.anchor, study.bd_method)
+    out = study.output
+    (out / "summary.md").write_text(
+        f"# {study.name}\n\n{study.description}\n\nBD-rate against **{study.anchor}** "
+        f"({study.bd_method}), {len(list_images(study.dataset)[: study.limit or None])} images of "
+        f"`{study.dataset.name}`; bits are means over the RD points.\n\n" + markdown_table(rows))
+    (out / "summary.csv").write_text(csv_table(rows))
+    write_json({"study": study.name, "anchor": study.anchor, "rows": rows}, out / "summary.json")
+    plot_rd(results, out / "rd.png", f"{study.name} ({study.dataset.name})")
+    for name, res in results.items():
+        pts = [p for p in res["points"] if p["images"] and p["images"][0]["profile"]]
+        dynamic = pts and any(p["policy"] and p["policy"]["mode"] == "dynamic" for p in pts)
+        if dynamic:
+            mid = pts[len(pts) // 2]
+            slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+            plot_bits_heatmap(mid, out / f"bits-{slug}.png",
+                              f"{name}: bits per layer and image (λ={mid.get('lmbda')})")
+    return {"rows": rows, "output": str(out)}

@@ -1,0 +1,129 @@
+"""Comparison tables (Markdown, CSV, JSON) and figures (RD curves, per-layer bit heatmaps)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .evaluate import bd_rate  # noqa: E402
+
+
+def curve(results: dict[str, Any], metric: str = "psnr-rgb") -> tuple[list[float], list[float]]:
+    return list(results["results"]["bpp"]), list(results["results"][metric])
+
+
+def summary_rows(methods: dict[str, dict[str, Any]], anchor: str, bd_method: str = "pchip") -> list[dict]:
+    """One row per method: BD-rate vs the anchor, bits, nominal speedup 32/b̄, sizes."""
+    if anchor not in methods:
+        raise ValueError(f"anchor method {anchor!r} has no results; methods are {sorted(methods)}")
+    ref = curve(methods[anchor])
+    rows = []
+    for name, res in methods.items():
+        pts = res["points"]
+        bits = [p["mean"]["avg_bits"] for p in pts]
+        wbits = [p["mean"]["avg_bits_weighted"] for p in pts]
+        b = _mean(bits)
+        bd, note = (0.0, 0.0), ""
+        if name != anchor:
+            try:
+                bd = bd_rate(ref, curve(res), bd_method)
+            except ValueError as e:  # e.g. a non-monotonic curve: report n/a and say why
+                bd, note = (math.nan, math.nan), str(e)
+        row = {
+            "method": name,
+            "bd_rate_pct": bd[0],
+            "bd_psnr_db": bd[1],
+            "avg_bits": b if b is not None else 32.0,
+            "avg_bits_weighted": _mean(wbits) if _mean(wbits) is not None else 32.0,
+            "bpp_range": f"{min(p['mean']['bpp'] for p in pts):.3f}-{max(p['mean']['bpp'] for p in pts):.3f}",
+            "size_fp32_kb": _mean([p.get("size", {}).get("fp32") for p in pts]) / 1024,
+            "size_packed_kb": _mean([p.get("size", {}).get("packed") for p in pts]) / 1024,
+        }
+        row["nominal_speedup"] = 32.0 / row["avg_bits"]
+        if note:
+            row["note"] = note
+        rows.append(row)
+    return rows
+
+
+def _mean(vals: Sequence[float | None]) -> float | None:
+    v = [x for x in vals if x is not None]
+    return sum(v) / len(v) if v else None
+
+
+COLUMNS = [
+    ("method", "Method", "{}"),
+    ("bd_rate_pct", "BD-rate vs anchor (%)", "{:+.2f}"),
+    ("bd_psnr_db", "BD-PSNR (dB)", "{:+.3f}"),
+    ("avg_bits", "avg bits (layer mean)", "{:.2f}"),
+    ("avg_bits_weighted", "avg bits (param-weighted)", "{:.2f}"),
+    ("nominal_speedup", "nominal speedup 32/b̄", "{:.2f}x"),
+    ("size_packed_kb", "size packed (KiB)", "{:.0f}"),
+    ("size_fp32_kb", "size FP32 (KiB)", "{:.0f}"),
+    ("bpp_range", "bpp range", "{}"),
+    ("note", "note", "{}"),
+]
+
+
+def _fmt(fmt: str, v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return fmt.format(v)
+
+
+def markdown_table(rows: Sequence[dict], columns=COLUMNS) -> str:
+    cols = [c for c in columns if any(c[0] in r for r in rows)]
+    lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(c[2], r.get(c[0])) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_table(rows: Sequence[dict]) -> str:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def plot_rd(methods: dict[str, dict[str, Any]], path: str | Path, title: str,
+            metric: str = "psnr-rgb") -> None:
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    for name, res in methods.items():
+        x, y = curve(res, metric)
+        ax.plot(x, y, marker="o", label=name)
+    ax.set_xlabel("bits per pixel (from file bytes)")
+    ax.set_ylabel("PSNR (dB)" if metric == "psnr-rgb" else metric)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_bits_heatmap(point: dict[str, Any], path: str | Path, title: str) -> None:
+    """DynaQuant's Figure 6: the bits chosen per layer (columns) for each image (rows)."""
+    images = point["images"]
+    layers = list(images[0]["profile"])
+    data = [[img["profile"][n] for n in layers] for img in images]
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(layers)), max(3, 0.28 * len(images))))
+    im = ax.imshow(data, aspect="auto", cmap="viridis")
+    ax.set_xticks(range(len(layers)), layers, rotation=70, fontsize=7)
+    ax.set_yticks(range(len(images)), [i["image"] for i in images], fontsize=7)
+    fig.colorbar(im, ax=ax, label="bits")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,98 @@
+import json
+
+import pytest
+
+from dqsearch.cli import main
+from dqsearch.compare import Study, StudyError, run_study
+from dqsearch.data import sample_images_dir
+
+TINY = ["--model", "bmshj2018-hyperprior", "--N", "16", "--M", "24", "--batch-size", "2",
+        "--crop", "64", "--threads", "1", "--no-progress", "--data", str(sample_images_dir())]
+
+STUDY = """
+name = "tiny"
+description = "test study"
+dataset = "{samples}"
+limit = 2
+family = ["fam/a.pt", "fam/b.pt"]
+anchor = "FP32"
+output = "out"
+
+[train]
+data = "{samples}"
+steps = 2
+batch_size = 2
+crop = 64
+calibration_batches = 1
+
+[[methods]]
+name = "FP32"
+kind = "fp32"
+
+[[methods]]
+name = "PTQ-8"
+kind = "ptq"
+quantizer = "minmax"
+bits = 8
+
+[[methods]]
+name = "Q (DPA-8)"
+bits = 8
+
+[[methods]]
+name = "DQ {4,8}"
+candidates = [4, 8]
+selector = "global"
+gamma = 0.01
+"""
+
+
+@pytest.fixture(scope="module")
+def study_file(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    for name, lmbda in (("a", "0.002"), ("b", "0.05")):
+        assert main(["train", *TINY, "--steps", "4", "--lambda", lmbda, "-o", str(root / "fam" / f"{name}.pt")]) == 0
+    path = root / "tiny.toml"
+    path.write_text(STUDY)
+    return path
+
+
+def test_study_runs_every_method_and_writes_report(study_file):
+    study = Study.load(study_file)
+    summary = run_study(study, progress=False)
+    rows = {r["method"]: r for r in summary["rows"]}
+    assert set(rows) == {"FP32", "PTQ-8", "Q (DPA-8)", "DQ {4,8}"}
+    assert rows["FP32"]["bd_rate_pct"] == 0 and rows["FP32"]["avg_bits"] == 32
+    for r in rows.values():  # barely trained curves may be non-monotonic: then n/a with a reason
+        assert isinstance(r["bd_rate_pct"], float) and (r["bd_rate_pct"] == r["bd_rate_pct"] or r["note"])
+    assert rows["PTQ-8"]["avg_bits"] == 8 and rows["PTQ-8"]["nominal_speedup"] == 4
+    assert 4 < rows["DQ {4,8}"]["avg_bits"] <= 8
+    assert rows["Q (DPA-8)"]["size_packed_kb"] < rows["FP32"]["size_packed_kb"]
+    out = study.output
+    for f in ("summary.md", "summary.csv", "summary.json", "rd.png", "bits-dq-4-8.png", "fp32.json"):
+        assert (out / f).stat().st_size > 0, f
+    res = json.loads((out / "q-dpa-8.json").read_text())
+    assert len(res["results"]["bpp"]) == 2  # one RD point per family member
+
+
+def test_rerun_reuses_checkpoints_and_results(study_file):
+    study = Study.load(study_file)
+    ck = study.output / "checkpoints" / "q-dpa-8" / "a.pt"
+    before = ck.stat().st_mtime_ns
+    run_study(study, progress=False)
+    assert ck.stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("text, msg", [
+    ('name = "x"\nfamily = []\n', "missing field 'methods'"),
+    ('name = "x"\nfamily = []\n[[methods]]\nname = "a"\nkind = "magic"\n', "kind"),
+    ('name = "x"\nfamily = []\n[[methods]]\nname = "a"\n', "needs 'bits' or 'candidates'"),
+    ('name = "x"\nfamily = []\n[[methods]]\nname = "a"\nbits = 8\nbogus = 1\n', "unknown fields"),
+    ('name = "x"\nfamily = []\nanchor = "z"\n[[methods]]\nname = "a"\nkind = "fp32"\n', "anchor"),
+    ("name = ", "not valid TOML"),
+])
+def test_bad_study_files(tmp_path, text, msg):
+    p = tmp_path / "s.toml"
+    p.write_text(text)
+    with pytest.raises(StudyError, match=msg):
+        Study.load(p)
