@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
 import torch
 
 from .data import CropSampler, list_images, repo_data_dir, sample_images_dir

@@ -7,6 +7,7 @@ the likelihood estimate is kept beside it only as a check. The reconstruction me
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import statistics
@@ -181,7 +182,7 @@ def bd_rate(anchor: tuple[Sequence[float], Sequence[float]], test: tuple[Sequenc
         if len(r) < 2:
             raise ValueError(f"the {name} curve has {len(r)} RD point(s); BD-rate needs at least two")
         pts = sorted(zip(r, d, strict=True))
-        if any(b[0] <= a[0] or b[1] <= a[1] for a, b in zip(pts, pts[1:])):
+        if any(b[0] <= a[0] or b[1] <= a[1] for a, b in itertools.pairwise(pts)):
             raise ValueError(f"the {name} curve is not monotonic (quality must rise with rate at "
                              f"every point): BD-rate is undefined for it")
     rate = bd.bd_rate(anchor[0], anchor[1], test[0], test[1], method=method,

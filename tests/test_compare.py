@@ -51,7 +51,8 @@ gamma = 0.01
 def study_file(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     for name, lmbda in (("a", "0.002"), ("b", "0.05")):
-        assert main(["train", *TINY, "--steps", "4", "--lambda", lmbda, "-o", str(root / "fam" / f"{name}.pt")]) == 0
+        out = str(root / "fam" / f"{name}.pt")
+        assert main(["train", *TINY, "--steps", "4", "--lambda", lmbda, "-o", out]) == 0
     path = root / "tiny.toml"
     path.write_text(STUDY)
     return path
