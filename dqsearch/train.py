@@ -192,6 +192,9 @@ def train(
         save_checkpoint(output, model, spec.architecture, spec.arch_args, spec.policy, meta, state)
 
     log_path = output.with_name(output.name + ".log.jsonl")
+    if train_state is not None and log_path.exists():  # drop lines logged after the checkpoint
+        kept = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+        log_path.write_text("".join(ln + "\n" for ln in kept))
     last: dict[str, float] = {}
     bar = tqdm(total=config.steps, initial=step, disable=not progress, desc=output.name,
                dynamic_ncols=True)
@@ -221,6 +224,8 @@ def train(
                 raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the "
                                          "learning rate or resume from the last checkpoint")
             loss.backward()
+            loss = loss.detach()
+            rd = {k: v.detach() for k, v in rd.items()}
             if config.grad_clip > 0:
                 nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], config.grad_clip)
             optimizer.step()
@@ -230,8 +235,8 @@ def train(
                 aux_optimizer.step()
             step += 1
             elapsed += time.perf_counter() - t0
-            last = {"step": step, "loss": float(loss), "bpp": float(rd["bpp"]),
-                    "psnr": float(rd["psnr"]), **{k: float(v) for k, v in terms.items()}}
+            last = {"step": step, "loss": loss.item(), "bpp": rd["bpp"].item(),
+                    "psnr": rd["psnr"].item(), **{k: v.item() for k, v in terms.items()}}
             if dynamic:
                 last["avg_bits"] = _mean_expected_bits(model)
             bar.update(1)
@@ -248,4 +253,5 @@ def train(
 
 def _mean_expected_bits(model: nn.Module) -> float:
     layers = dynamic_layers(model).values()
-    return float(torch.stack([expected_bits(m.last_probs, m.candidates).mean() for m in layers]).mean())
+    with torch.no_grad():
+        return torch.stack([expected_bits(m.last_probs, m.candidates).mean() for m in layers]).mean().item()
