@@ -304,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_compare)
+
+    from . import cli_study
+
+    cli_study.register(sub)
     return parser
 
 
@@ -316,6 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit deprecation inside CompressAI
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["study"] and argv[1:2] in (["show"], ["export"]):
+        argv = [f"study-{argv[1]}", *argv[2:]]  # `dqsearch study show NAME`
     args = parser.parse_args(argv)
     args.argv = argv
     from .data import ImageError

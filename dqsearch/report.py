@@ -127,3 +127,43 @@ def plot_bits_heatmap(point: dict[str, Any], path: str | Path, title: str) -> No
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_pareto(trials: Sequence[dict], fp32: tuple[list[float], list[float]] | None, path: str | Path,
+                title: str) -> None:
+    """All trials in the (bpp, PSNR) plane: feasible vs infeasible, the feasible front, FP32."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    for ok, style in ((True, dict(c="tab:blue", label="feasible")),
+                      (False, dict(c="tab:gray", marker="x", label="over the latency budget"))):
+        pts = [(t["bpp"], t["psnr"]) for t in trials if t["feasible"] == ok and t["bpp"] is not None]
+        if pts:
+            ax.scatter(*zip(*pts, strict=True), s=22, **style)
+    front = sorted((t["bpp"], t["psnr"]) for t in trials if t["front"] and t["feasible"])
+    if front:
+        ax.plot(*zip(*front, strict=True), c="tab:red", marker="o", label="feasible Pareto front")
+    if fp32:
+        ax.plot(fp32[0], fp32[1], c="black", ls="--", marker="s", label="FP32 family")
+    ax.set_xlabel("bits per pixel (validation split, from file bytes)")
+    ax.set_ylabel("PSNR (dB)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_profiles(profiles: dict[str, dict[str, int]], path: str | Path, title: str) -> None:
+    """Per-layer bits of chosen models (rows) — which layers each model keeps wide."""
+    names = list(profiles)
+    layers = list(next(iter(profiles.values())))
+    data = [[profiles[n][layer] for layer in layers] for n in names]
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(layers)), max(2.5, 0.35 * len(names) + 1.2)))
+    im = ax.imshow(data, aspect="auto", cmap="viridis")
+    ax.set_xticks(range(len(layers)), layers, rotation=70, fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    fig.colorbar(im, ax=ax, label="bits")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -145,11 +145,14 @@ def train(
     loss_terms: Sequence[LossTerm] = (),
     progress: bool = True,
     pause_at: int | None = None,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
 ) -> dict[str, float]:
     """Train until `config.steps`; writes `output` (and `output`.log.jsonl). Returns last metrics.
 
     `pause_at` stops early with a resumable checkpoint, as if interrupted (time-boxed runs);
-    schedules (learning rate, temperature) always follow `config.steps`.
+    schedules (learning rate, temperature) always follow `config.steps`. `on_log(step, metrics)`
+    runs at every log line (a study reports to its pruner there; raising stops the run after a
+    checkpoint is written).
     """
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -244,6 +247,12 @@ def train(
                 bar.set_postfix({k: f"{v:.3g}" for k, v in last.items() if k != "step"})
                 log.write(json.dumps({**last, "elapsed_s": round(elapsed, 2)}) + "\n")
                 log.flush()
+                if on_log is not None:
+                    try:
+                        on_log(step, last)
+                    except BaseException:
+                        checkpoint()
+                        raise
             if step % config.checkpoint_every == 0 and step < config.steps:
                 checkpoint()
     bar.close()

@@ -1,0 +1,206 @@
+"""Argument parsing for `dqsearch study`, `dqsearch study show|export` and `dqsearch worker`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEFAULT_BIT_SETS = "4,6,8;6,8,10;4,8,16"
+
+
+def _range(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH, got {text!r}") from None
+    return lo, hi
+
+
+def _bit_sets(text: str) -> list[list[int]]:
+    try:
+        sets = [sorted(int(b) for b in s.split(",")) for s in text.split(";") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sets like '4,6,8;6,8,10', got {text!r}") from None
+    if not sets or any(len(s) < 2 for s in sets):
+        raise argparse.ArgumentTypeError("each candidate set needs at least two bit-widths")
+    return sets
+
+
+def _output(args: argparse.Namespace) -> Path:
+    return Path(args.output) if args.output else Path("studies") / args.study_name
+
+
+def _storage(args: argparse.Namespace) -> str:
+    from .study import default_storage
+
+    return args.storage or default_storage(_output(args), args.study_name)
+
+
+def find_or_profile_table(backend_name: str, model, info: dict, input_size: str, output: Path,
+                          progress: bool) -> Path:
+    """A committed table for this backend/model/size under latency_models/, else profile one now."""
+    from .backends import load_backend, parse_input_shape
+    from .backends.profiling import profile_table
+    from .latency import LatencyTable
+    from .latency_term import check_table_matches
+
+    shape = parse_input_shape(input_size)
+    root = Path(__file__).resolve().parents[1] / "latency_models" / backend_name
+    for path in sorted(root.glob("*.json")) if root.is_dir() else []:
+        table = LatencyTable.load(path)
+        if tuple(table.metadata.get("input_shape", ())) != tuple(shape) or not table.complete:
+            continue
+        try:
+            check_table_matches(table, model)
+        except ValueError:
+            continue
+        return path
+    path = output / f"latency-{backend_name}.json"
+    print(f"no committed {backend_name} table for this model at {input_size}: profiling into {path}")
+    backend = load_backend(backend_name)
+    bits = sorted(backend.capabilities())
+    profile_table(backend, model, shape, bits, path, resume=path.exists(), model_info=info,
+                  progress=progress)
+    return path
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from .latency_term import parse_latency
+    from .models import EMBEDDED_QUALITIES, load_checkpoint, resolve_checkpoint
+    from .study import StudyConfig, create_study, run_trials, torch_threads
+
+    torch_threads(args.threads)
+    target = parse_latency(args.target_latency)
+    specs = args.checkpoint or [f"embedded:{q}" for q in EMBEDDED_QUALITIES]
+    family = [s if s.startswith("embedded:") else str(Path(s).resolve()) for s in specs]
+    args.study_name = args.study_name or f"dq-{args.backend or 'table'}-{target:g}ms"
+    out = _output(args)
+    if args.latency_table:
+        table = str(Path(args.latency_table).resolve())
+    elif args.backend:
+        ck = load_checkpoint(resolve_checkpoint(family[0]))
+        info = {"architecture": ck.architecture, "arch_args": ck.arch_args}
+        table = str(find_or_profile_table(args.backend, ck.model, info, args.input, out,
+                                          not args.no_progress).resolve())
+    else:
+        raise ValueError("name the hardware: --backend NAME (or --latency-table TABLE)")
+    from .data import repo_data_dir
+
+    config = StudyConfig(
+        family=family, latency_table=table, target_ms=target,
+        train_data=str(Path(args.data).resolve() if args.data else repo_data_dir() / "train"),
+        trial_dir=str((out / "trials").resolve()), backend=args.backend, steps=args.steps,
+        batch_size=args.batch_size, crop=args.crop, lr=args.lr, val_limit=args.val_limit,
+        bit_sets=args.bit_sets, gamma=args.gamma_range, eta=args.eta_range,
+        latency_form=args.latency_form, selector=args.selector, objective=args.objective,
+        lmbda=args.lmbda, measure=args.measure, compile=bool(args.compile), seed=args.seed,
+        heartbeat_s=args.heartbeat, grace_s=args.grace)
+    storage = _storage(args)
+    study = create_study(args.study_name, storage, config)
+    ran = run_trials(study, config, args.trials, progress=not args.no_progress)
+    print(f"study {args.study_name}: ran {ran} trial(s)")
+    return _show(study, config, out)
+
+
+def _show(study, config, out: Path) -> int:
+    from .report import markdown_table
+    from .study import write_study_report
+
+    res = write_study_report(study, config, out)
+    cols = [("trial", "trial", "{}"), ("lmbda", "λ", "{:.4g}"), ("bits", "bit-set", "{}"),
+            ("gamma", "γ", "{:.3g}"), ("eta", "η", "{:.3g}"), ("bpp", "bpp", "{:.4f}"),
+            ("psnr", "PSNR (dB)", "{:.2f}"), ("avg_bits", "avg bits", "{:.2f}"),
+            ("predicted_ms", "predicted ms", "{:.2f}"), ("measured_ms", "measured ms", "{:.2f}")]
+    print(f"feasible Pareto front (latency ≤ {config.target_ms:g} ms), "
+          f"{len(res['trials'])} finished trials:")
+    print(markdown_table(res["front"], cols) if res["front"] else "(no feasible trial yet)")
+    if res.get("bd_rate_vs_fp32") is not None:
+        print(f"BD-rate of the front against the FP32 family: {res['bd_rate_vs_fp32']:+.2f}%")
+    print(f"figures and summary.json in {out}")
+    return 0
+
+
+def cmd_study_show(args: argparse.Namespace) -> int:
+    from .study import load_study
+
+    study, config = load_study(args.study_name, _storage(args))
+    return _show(study, config, _output(args))
+
+
+def cmd_study_export(args: argparse.Namespace) -> int:
+    from .study import export_trial, load_study
+
+    study, _ = load_study(args.study_name, _storage(args))
+    path = export_trial(study, args.trial, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .study import load_study, run_trials, torch_threads
+
+    torch_threads(args.threads)
+    study, config = load_study(args.study_name, args.storage)
+    if args.trial_dir:
+        config.trial_dir = str(Path(args.trial_dir).resolve())
+    ran = run_trials(study, config, args.trials, progress=not args.no_progress)
+    print(f"worker finished: ran {ran} trial(s) of study {args.study_name}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("study", help="latency-constrained search (show / export: see 'study show -h')")
+    p.add_argument("--checkpoint", nargs="+", help="FP32 family (default: embedded:1..4)")
+    p.add_argument("--backend", help="backend whose latency table constrains the search")
+    p.add_argument("--latency-table", help="use this table instead of finding/profiling one")
+    p.add_argument("--input", default="768x512", help="input size the latency refers to (WxH)")
+    p.add_argument("--target-latency", required=True, help="budget, e.g. 20ms or 0.5s")
+    p.add_argument("--trials", type=int, default=12, help="finished trials wanted (all workers)")
+    p.add_argument("--study-name", help="default dq-BACKEND-TARGET")
+    p.add_argument("--storage", help="Optuna storage URL (default: SQLite file in the output folder; "
+                   "postgresql://user:pass@host/db to share with workers)")
+    p.add_argument("-o", "--output", help="folder for the database, trial checkpoints and figures")
+    p.add_argument("--steps", type=int, default=300, help="QAT steps per trial")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--data", help="training images (a validation split is held out)")
+    p.add_argument("--val-limit", type=int, default=5, help="validation images per trial")
+    p.add_argument("--bit-sets", type=_bit_sets, default=_bit_sets(DEFAULT_BIT_SETS),
+                   help=f"candidate sets to search (default {DEFAULT_BIT_SETS!r})")
+    p.add_argument("--gamma-range", type=_range, default=(1e-3, 0.5), help="log-uniform γ range")
+    p.add_argument("--eta-range", type=_range, default=(0.01, 10.0),
+                   help="η range (log-uniform; 0,0 disables the latency term)")
+    p.add_argument("--latency-form", choices=["hinge", "linear"], default="hinge")
+    p.add_argument("--selector", choices=["global", "per-layer"], default="global")
+    p.add_argument("--objective", choices=["multi", "single"], default="multi",
+                   help="multi: (bpp, PSNR); single: RD cost at --lambda, with pruning")
+    p.add_argument("--lambda", dest="lmbda", type=float, help="fixed λ for --objective single")
+    p.add_argument("--measure", action="store_true", help="also measure each trial on the backend")
+    p.add_argument("--compile", action="store_true", help="torch.compile the fake quantizer")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--heartbeat", type=int, default=60, help="seconds between worker heartbeats")
+    p.add_argument("--grace", type=int, default=180, help="seconds before a silent trial is retried")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_study)
+
+    for name, func, helptext in (("study-show", cmd_study_show, "Pareto front, BD-rate, figures"),
+                                 ("study-export", cmd_study_export, "write a trial's checkpoint")):
+        q = sub.add_parser(name, help=f"(also `dqsearch {name.replace('-', ' ')}`) {helptext}")
+        q.add_argument("study_name")
+        q.add_argument("--storage")
+        q.add_argument("-o", "--output", help="study folder (default studies/NAME)")
+        if name == "study-export":
+            q.add_argument("--trial", type=int, required=True)
+            q.add_argument("--out", required=True, help="checkpoint to write")
+        q.set_defaults(func=func)
+
+    w = sub.add_parser("worker", help="join a study from another process or machine")
+    w.add_argument("--study-name", required=True)
+    w.add_argument("--storage", required=True)
+    w.add_argument("--trials", type=int, required=True, help="stop when the study has this many")
+    w.add_argument("--trial-dir", help="where this worker writes trial checkpoints")
+    w.add_argument("--threads", type=int)
+    w.add_argument("--no-progress", action="store_true")
+    w.set_defaults(func=cmd_worker)

@@ -1,0 +1,372 @@
+"""`dqsearch study`: Optuna searches γ, λ, the candidate bit-set and η for the best rate-distortion
+under a latency budget; `dqsearch worker` joins a study from another process or machine.
+
+The study's whole configuration lives in the Optuna storage (a user attribute), so a worker needs
+only the study name and the storage URL. Each trial fine-tunes (QAT) from the FP32 family member
+nearest its λ, writes a resumable checkpoint, evaluates real bitstreams on a validation split of the
+training images (Kodak stays for the final report) and sets the constraint latency/target − 1 ≤ 0.
+Heartbeats mark a killed worker's trial failed; the retry callback re-queues it with the same
+parameters and the retry resumes from the failed trial's checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+from collections import Counter
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import optuna
+import torch
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from .data import CropSampler, list_images, split_files
+from .evaluate import evaluate_image
+from .latency import LatencyTable
+from .latency_term import LatencyTerm, check_table_matches
+from .models import LoadedCheckpoint, load_checkpoint, resolve_checkpoint, save_checkpoint
+from .quant.wrap import QuantPolicy, wrap
+from .train import RunSpec, TrainConfig, train
+
+CONFIG_ATTR = "dqsearch_config"
+OBJECTIVES = ("multi", "single")
+
+
+class StudyError(ValueError):
+    """A study that cannot be created, joined or shown; the message says why."""
+
+
+@dataclass
+class StudyConfig:
+    """Everything a worker needs to run a trial (stored in the study, JSON-serialisable)."""
+
+    family: list[str]
+    latency_table: str
+    target_ms: float
+    train_data: str
+    trial_dir: str
+    backend: str | None = None
+    steps: int = 300
+    batch_size: int = 8
+    crop: int = 128
+    lr: float = 1e-5
+    val_fraction: float = 0.1
+    val_limit: int = 5
+    bit_sets: list[list[int]] = field(default_factory=lambda: [[4, 6, 8], [6, 8, 10], [4, 8, 16]])
+    gamma: tuple[float, float] = (1e-3, 0.5)
+    eta: tuple[float, float] = (0.01, 10.0)
+    latency_form: str = "hinge"
+    selector: str = "global"
+    objective: str = "multi"
+    lmbda: float | None = None
+    measure: bool = False
+    compile: bool = False
+    seed: int = 0
+    heartbeat_s: int = 60
+    grace_s: int = 180
+    max_retry: int = 2
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise StudyError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.objective == "single" and not self.lmbda:
+            raise StudyError("the single-objective mode needs a fixed --lambda")
+        if not self.family:
+            raise StudyError("a study needs at least one FP32 checkpoint")
+        if self.measure and not self.backend:
+            raise StudyError("--measure needs --backend")
+        self.gamma, self.eta = tuple(self.gamma), tuple(self.eta)
+        if not (0 < self.gamma[0] <= self.gamma[1]):
+            raise StudyError(f"γ range must be positive and ordered, got {self.gamma}")
+        if not (0 <= self.eta[0] <= self.eta[1]):
+            raise StudyError(f"η range must be non-negative and ordered, got {self.eta}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StudyConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# --- storage ------------------------------------------------------------------------------------
+def redact(url: str) -> str:
+    """A storage URL with its password replaced, safe for logs and result files."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def default_storage(output: Path, name: str) -> str:
+    output.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(output / f'{name}.db').resolve()}"
+
+
+def make_storage(url: str, heartbeat_s: int = 60, grace_s: int = 180, max_retry: int = 2) -> RDBStorage:
+    """RDB storage (SQLite or PostgreSQL) with heartbeats and retry of stale trials."""
+    try:
+        return RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=grace_s,
+                          failed_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry))
+    except Exception as e:  # bad URL, driver missing, server down
+        raise StudyError(f"cannot open study storage {redact(url)}: {type(e).__name__}: "
+                         f"{str(e).replace(url, redact(url)).splitlines()[0]}") from None
+
+
+def _directions(config: StudyConfig) -> list[str]:
+    return ["minimize", "maximize"] if config.objective == "multi" else ["minimize"]
+
+
+def create_study(name: str, storage_url: str, config: StudyConfig) -> optuna.Study:
+    """Create the study, or reopen it when the stored configuration is the same."""
+    storage = make_storage(storage_url, config.heartbeat_s, config.grace_s, config.max_retry)
+    sampler = optuna.samplers.TPESampler(seed=config.seed, multivariate=True)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=config.steps // 3)
+    study = optuna.create_study(study_name=name, storage=storage, directions=_directions(config),
+                                sampler=sampler, pruner=pruner, load_if_exists=True)
+    stored = study.user_attrs.get(CONFIG_ATTR)
+    if stored is None:
+        study.set_user_attr(CONFIG_ATTR, config.to_dict())
+    elif StudyConfig.from_dict(stored) != StudyConfig.from_dict(json.loads(json.dumps(config.to_dict()))):
+        raise StudyError(f"study {name!r} already exists in {redact(storage_url)} with another "
+                         "configuration: choose another --study-name or join it with `dqsearch worker`")
+    return study
+
+
+def load_study(name: str, storage_url: str) -> tuple[optuna.Study, StudyConfig]:
+    probe = make_storage(storage_url)
+    try:
+        summaries = {s.study_name for s in optuna.get_all_study_summaries(probe)}
+    except Exception as e:
+        raise StudyError(f"cannot read studies from {redact(storage_url)}: {type(e).__name__}") from None
+    if name not in summaries:
+        raise StudyError(f"no study {name!r} in {redact(storage_url)}; it has {sorted(summaries)}")
+    raw = optuna.load_study(study_name=name, storage=probe).user_attrs.get(CONFIG_ATTR)
+    if raw is None:
+        raise StudyError(f"study {name!r} was not created by dqsearch (no configuration stored)")
+    config = StudyConfig.from_dict(raw)
+    storage = make_storage(storage_url, config.heartbeat_s, config.grace_s, config.max_retry)
+    sampler = optuna.samplers.TPESampler(seed=None, multivariate=True)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=config.steps // 3)
+    return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner), config
+
+
+# --- one trial ----------------------------------------------------------------------------------
+class Objective:
+    """Fine-tune, evaluate and constrain one trial."""
+
+    def __init__(self, config: StudyConfig, progress: bool = False):
+        self.config = config
+        self.progress = progress
+        self.table = LatencyTable.load(config.latency_table)
+        train_files, val_files = split_files(list_images(config.train_data), config.val_fraction,
+                                             config.seed)
+        self.val_files = val_files[: config.val_limit]
+        self.sampler = CropSampler(train_files, config.crop)
+        self.family = sorted(((load_checkpoint(resolve_checkpoint(p)), p) for p in config.family),
+                             key=lambda cp: cp[0].meta.get("lmbda") or 0)
+        self.backend = None
+        if config.measure:
+            from .backends.registry import load_backend
+
+            self.backend = load_backend(config.backend)
+
+    def lambda_range(self) -> tuple[float, float]:
+        lams = [ck.meta.get("lmbda") for ck, _ in self.family]
+        if any(v is None for v in lams):
+            raise StudyError("every family checkpoint must record its λ (train them with dqsearch)")
+        return min(lams), max(lams)
+
+    def nearest(self, lmbda: float) -> tuple[LoadedCheckpoint, str]:
+        return min(self.family, key=lambda cp: abs(math.log(cp[0].meta["lmbda"] / lmbda)))
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, float] | float:
+        cfg = self.config
+        if cfg.objective == "multi":
+            lo, hi = self.lambda_range()
+            lmbda = trial.suggest_float("lmbda", lo, hi, log=True) if hi > lo else lo
+        else:
+            lmbda = float(cfg.lmbda)
+        bits = trial.suggest_categorical("bits", [",".join(map(str, b)) for b in cfg.bit_sets])
+        gamma = trial.suggest_float("gamma", *cfg.gamma, log=True)
+        eta = trial.suggest_float("eta", *cfg.eta, log=cfg.eta[0] > 0) if cfg.eta[1] > 0 else 0.0
+        candidates = tuple(int(b) for b in bits.split(","))
+        path = Path(cfg.trial_dir) / f"trial-{trial.number}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        retried = RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+        previous = Path(cfg.trial_dir) / f"trial-{retried}.pt" if retried is not None else None
+        if previous is not None and previous.exists() and not path.exists():
+            shutil.copyfile(previous, path)  # the retry resumes where the killed worker stopped
+            for suffix in (".log.jsonl",):
+                if previous.with_name(previous.name + suffix).exists():
+                    shutil.copyfile(previous.with_name(previous.name + suffix),
+                                    path.with_name(path.name + suffix))
+        model, state, run = self._start(path, candidates, lmbda, trial.number)
+        check_table_matches(self.table, model)
+        term = LatencyTerm(self.table, cfg.target_ms, eta, cfg.latency_form)
+        config = TrainConfig(lmbda=lmbda, steps=cfg.steps, batch_size=cfg.batch_size, crop=cfg.crop,
+                             lr=cfg.lr, gamma=gamma, seed=cfg.seed + trial.number,
+                             checkpoint_every=max(25, cfg.steps // 4), compile=cfg.compile,
+                             log_every=max(1, min(25, cfg.steps // 4)))
+        on_log = self._pruning_callback(trial) if cfg.objective == "single" else None
+        train(model, run, self.sampler, config, path, state, [term], progress=self.progress,
+              on_log=on_log)
+        return self._evaluate(trial, path, lmbda)
+
+    def _start(self, path: Path, candidates: tuple[int, ...], lmbda: float, number: int):
+        if path.exists():
+            ck = load_checkpoint(path, with_train_state=True)
+            return ck.model, ck.train_state, RunSpec(ck.architecture, ck.arch_args, ck.policy, ck.meta)
+        fp, spec = self.nearest(lmbda)
+        fp = load_checkpoint(resolve_checkpoint(spec))  # a fresh copy: trials must not share weights
+        policy = QuantPolicy.dynamic(candidates, selector=self.config.selector)
+        model = wrap(fp.model, policy)
+        meta = {"init_from": str(spec), "init_model_id": fp.model_id, "trial": number}
+        return model, None, RunSpec(fp.architecture, fp.arch_args, policy, meta)
+
+    @staticmethod
+    def _pruning_callback(trial: optuna.Trial):
+        history: list[float] = []
+
+        def report(step: int, metrics: dict[str, float]) -> None:
+            history.append(metrics["loss"])
+            trial.report(statistics.fmean(history[-4:]), step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at step {step}")
+
+        return report
+
+    def _evaluate(self, trial: optuna.Trial, path: Path, lmbda: float):
+        cfg = self.config
+        ck = load_checkpoint(path)
+        rows = [evaluate_image(ck, f)[0] for f in self.val_files]
+        bpp = statistics.fmean(r.bpp for r in rows)
+        psnr = statistics.fmean(r.psnr for r in rows)
+        mse = statistics.fmean(10 ** (-r.psnr / 10) for r in rows)
+        predicted = statistics.fmean(self.table.predict(r.profile) for r in rows)
+        common = Counter(tuple(r.profile.items()) for r in rows).most_common(1)[0][0]
+        measured = None
+        if self.backend is not None:
+            shape = tuple(self.table.metadata.get("input_shape", (1, 3, 512, 768)))
+            measured = self.backend.profile_model(ck.model, dict(common), shape).median
+        latency = measured if measured is not None else predicted
+        attrs = {
+            "bpp": bpp, "psnr": psnr, "avg_bits": statistics.fmean(r.avg_bits for r in rows),
+            "avg_bits_weighted": statistics.fmean(r.avg_bits_weighted for r in rows),
+            "predicted_ms": predicted, "measured_ms": measured, "profile": dict(common),
+            "checkpoint": str(path), "model_id": ck.model_id,
+        }
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        trial.set_constraint("latency", latency / cfg.target_ms - 1.0)
+        if cfg.objective == "multi":
+            return bpp, psnr
+        return bpp + lmbda * 255**2 * mse
+
+
+def run_trials(study: optuna.Study, config: StudyConfig, n_trials: int, progress: bool = False) -> int:
+    """Run trials until the study holds `n_trials` finished ones (over all workers)."""
+    objective = Objective(config, progress)
+    done = lambda: len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)))  # noqa: E731
+    before = done()
+    if before >= n_trials:
+        return 0
+    stop = optuna.study.MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    study.optimize(objective, n_trials=None, callbacks=[stop], catch=(FloatingPointError,),
+                   gc_after_trial=True)
+    return done() - before
+
+
+# --- results ------------------------------------------------------------------------------------
+def feasible(trial: optuna.trial.FrozenTrial) -> bool:
+    return all(v <= 0 for v in trial.constraints.values()) if trial.constraints else False
+
+
+def summary(study: optuna.Study, config: StudyConfig) -> dict[str, Any]:
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    if not trials:
+        raise StudyError(f"study {study.study_name!r} has no finished trials yet")
+    front = study.best_trials if config.objective == "multi" else [study.best_trial]
+    rows = []
+    for t in trials:
+        rows.append({"trial": t.number, **t.params,
+                     **{k: t.user_attrs.get(k) for k in ("bpp", "psnr", "avg_bits", "predicted_ms",
+                                                          "measured_ms")},
+                     "feasible": feasible(t), "front": t in front})
+    return {"study": study.study_name, "target_ms": config.target_ms, "trials": rows,
+            "front": [r for r in rows if r["front"] and r["feasible"]]}
+
+
+def export_trial(study: optuna.Study, number: int, output: str | Path) -> Path:
+    """Write a trial's fine-tuned model as a plain checkpoint (no training state)."""
+    matches = [t for t in study.get_trials() if t.number == number]
+    if not matches:
+        raise StudyError(f"study {study.study_name!r} has no trial {number}")
+    t = matches[0]
+    if t.state != TrialState.COMPLETE:
+        raise StudyError(f"trial {number} is {t.state.name}, not COMPLETE; export a finished trial")
+    ck = load_checkpoint(t.user_attrs["checkpoint"])
+    meta = {**ck.meta, "study": study.study_name, "trial": number, "params": t.params,
+            "predicted_ms": t.user_attrs.get("predicted_ms")}
+    save_checkpoint(output, ck.model, ck.architecture, ck.arch_args, ck.policy, meta)
+    return Path(output)
+
+
+def torch_threads(n: int | None) -> None:
+    if n:
+        torch.set_num_threads(n)
+
+
+def fp32_curve(config: StudyConfig, cache: Path) -> tuple[list[float], list[float]]:
+    """The FP32 family on the same validation images (cached beside the study's outputs)."""
+    obj_files = split_files(list_images(config.train_data), config.val_fraction, config.seed)[1]
+    files = obj_files[: config.val_limit]
+    key = {"family": config.family, "images": [f.name for f in files]}
+    if cache.exists():
+        data = json.loads(cache.read_text())
+        if data.get("key") == key:
+            return data["bpp"], data["psnr"]
+    pts = []
+    for spec in config.family:
+        ck = load_checkpoint(resolve_checkpoint(spec))
+        rows = [evaluate_image(ck, f)[0] for f in files]
+        pts.append((statistics.fmean(r.bpp for r in rows), statistics.fmean(r.psnr for r in rows)))
+    pts.sort()
+    out = {"key": key, "bpp": [p[0] for p in pts], "psnr": [p[1] for p in pts]}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(out, indent=2) + "\n")
+    return out["bpp"], out["psnr"]
+
+
+def write_study_report(study: optuna.Study, config: StudyConfig, output: Path) -> dict[str, Any]:
+    """Front table, BD-rate of the front against FP32, and the three figures."""
+    from .evaluate import bd_rate
+    from .report import plot_pareto, plot_profiles
+
+    res = summary(study, config)
+    output.mkdir(parents=True, exist_ok=True)
+    fp32 = fp32_curve(config, output / "fp32-validation.json")
+    front = sorted(res["front"], key=lambda r: r["bpp"])
+    res["fp32"] = {"bpp": fp32[0], "psnr": fp32[1]}
+    res["bd_rate_vs_fp32"] = None
+    if len(front) >= 2 and len(fp32[0]) >= 2:
+        try:
+            res["bd_rate_vs_fp32"] = bd_rate(fp32, ([r["bpp"] for r in front], [r["psnr"] for r in front]))[0]
+        except ValueError as e:
+            res["bd_rate_note"] = str(e)
+    title = f"{study.study_name}: target {config.target_ms:g} ms"
+    plot_pareto(res["trials"], fp32, output / "pareto.png", title)
+    if front:
+        trials = {t.number: t for t in study.get_trials(states=(TrialState.COMPLETE,))}
+        profiles = {f"trial {r['trial']}": trials[r["trial"]].user_attrs["profile"] for r in front}
+        plot_profiles(profiles, output / "front-bits.png", f"{title}: per-layer bits of the front")
+    (output / "summary.json").write_text(json.dumps(res, indent=2) + "\n")
+    return res
