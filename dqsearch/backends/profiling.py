@@ -78,7 +78,7 @@ def profile_table(
         meta["date"] = table.metadata.get("date")
         table.metadata.update(meta)
     elif output.exists():
-        raise FileExistsError(f"{output} exists: pass --resume to complete it or --force to start over")
+        raise LatencyTableError(f"{output} exists: pass --resume to complete it or --force to start over")
     else:
         meta["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         table = LatencyTable(metadata=meta, path=output)
