@@ -155,7 +155,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", default="768x512", help="input size HxW (default 768x512)")
     p.add_argument("--bits", type=_int_list, help="bit-widths to measure, 32 = FP32 "
                    f"(default: {','.join(map(str, DEFAULT_BITS))} where supported)")
-    p.add_argument("-o", "--output", help="table to write (default latency_models/<backend>/<model>-<HxW>.json)")
+    p.add_argument("-o", "--output",
+                   help="table to write (default latency_models/<backend>/<model>-<HxW>.json)")
     p.add_argument("--resume", action="store_true", help="complete an existing table, skipping what it holds")
     p.add_argument("--force", action="store_true", help="overwrite an existing table")
     p.add_argument("--no-progress", action="store_true")
