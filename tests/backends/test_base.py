@@ -48,8 +48,8 @@ def test_specs_of_plain_and_wrapped_models_agree():
     specs = extract_layer_specs(plain, (64, 64))
     assert [s.name for s in specs] == [n for n, _ in conv_layers(plain)]
     first = specs[0]
-    assert (first.name, first.op, first.in_channels, first.kernel, first.stride) == ("g_a.0", "conv", 3, (5, 5),
-                                                                                       (2, 2))
+    assert (first.name, first.op, first.in_channels) == ("g_a.0", "conv", 3)
+    assert (first.kernel, first.stride) == ((5, 5), (2, 2))
     assert first.input_shape == (1, 3, 64, 64) and first.output_shape == (1, 8, 32, 32)
     assert first.macs == 32 * 32 * 8 * 3 * 25
     deconv = next(s for s in specs if s.name == "g_s.0")

@@ -90,7 +90,7 @@ def test_errors_are_one_line(capsys, tmp_path, monkeypatch, argv, message):
 
 def test_validate_refuses_another_backend(capsys, tmp_path):
     out = tmp_path / "t.json"
-    run(capsys, "profile", "--backend", "sim-npu", "--N", "8", "--M", "8", "--input", "64x64", "--bits", "8,32",
-        "-o", str(out), "--no-progress")
+    run(capsys, "profile", "--backend", "sim-npu", "--N", "8", "--M", "8", "--input", "64x64",
+        "--bits", "8,32", "-o", str(out), "--no-progress")
     code, _, err = run(capsys, "latency", "validate", str(out), "--backend", "sim-stripes", "--samples", "2")
     assert code == 2 and "measured on sim-npu" in err

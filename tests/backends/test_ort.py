@@ -6,10 +6,11 @@ import pytest
 
 ort_backend = pytest.importorskip("dqsearch_ort.backend")
 
-from dqsearch.backends import BackendError, float_model, trace_model  # noqa: E402
-from dqsearch.backends.testing import tiny_model  # noqa: E402
 from dqsearch_ort import context  # noqa: E402
 from dqsearch_ort.session import profile_runs  # noqa: E402
+
+from dqsearch.backends import BackendError, float_model, trace_model  # noqa: E402
+from dqsearch.backends.testing import tiny_model  # noqa: E402
 
 FAST = dict(threads=1, warmup=1, repeats=3, min_seconds=0.0, context_repeats=2, context_random=2)
 
@@ -40,7 +41,8 @@ def test_capabilities_map_bits_to_containers(backend):
     assert caps[4] == caps[8] == "int8" and caps[10] == caps[16] == "int16" and caps[32] == "fp32"
     assert backend.latency_by_container
     meta = backend.metadata()
-    assert meta["threads"] == 1 and meta["versions"]["onnxruntime"] and meta["provider"] == "CPUExecutionProvider"
+    assert meta["threads"] == 1 and meta["versions"]["onnxruntime"]
+    assert meta["provider"] == "CPUExecutionProvider"
 
 
 def test_int8_convs_become_qlinearconv_and_deconvs_stay_float(backend, groups):
@@ -78,9 +80,9 @@ def test_layer_edges_follow_the_graph(groups):
 
 def test_residual_edges_of_cheng2020():
     import onnx  # noqa: F401
+    from dqsearch_ort import export
 
     from dqsearch.models import build_model
-    from dqsearch_ort import export
 
     model = float_model(build_model("cheng2020-anchor", N=16))
     fp32 = export.export(model.g_a, (1, 3, 64, 64))
@@ -103,7 +105,8 @@ def test_design_covers_every_container_pair_on_consecutive_layers():
 def test_missing_gpu_providers_fail_clearly():
     import onnxruntime as ort
 
-    for name, provider in (("ort-cuda", "CUDAExecutionProvider"), ("ort-tensorrt", "TensorrtExecutionProvider")):
+    gpu = (("ort-cuda", "CUDAExecutionProvider"), ("ort-tensorrt", "TensorrtExecutionProvider"))
+    for name, provider in gpu:
         if provider in ort.get_available_providers():
             continue
         with pytest.raises(BackendError, match=f"{provider}.*onnxruntime-gpu"):

@@ -36,10 +36,11 @@ def test_roofline_npu_uses_datapaths_and_memory():
     assert d.profile_layer(BIG, 6).median == d.profile_layer(BIG, 8).median  # same datapath
     assert d.profile_layer(BIG, 4).median < d.profile_layer(BIG, 8).median < d.profile_layer(BIG, 16).median
     # a 1x1 layer on a big map moves more bytes than it computes: memory-bound, bytes at b bits
-    thin = sim.SimulatedBackend(sim.shipped_specs()["npu"])
     from dqsearch.backends import LayerSpec
-    pw = LayerSpec("pw", "conv", 16, 16, (1, 1), input_shape=(1, 16, 512, 512), output_shape=(1, 16, 512, 512))
-    t8, t16 = thin.profile_layer(pw, 8).median, thin.profile_layer(pw, 16).median
+
+    shape = (1, 16, 512, 512)
+    pw = LayerSpec("pw", "conv", 16, 16, (1, 1), input_shape=shape, output_shape=shape)
+    t8, t16 = d.profile_layer(pw, 8).median, d.profile_layer(pw, 16).median
     assert t16 / t8 == pytest.approx(2, rel=0.05)
 
 

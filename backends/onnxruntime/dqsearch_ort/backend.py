@@ -65,14 +65,15 @@ class OrtBackend(Backend):
     """Layers and transforms timed in ONNX Runtime sessions with explicit QDQ per container.
 
     Options: threads (intra-op, default 1), warmup, repeats, min_seconds, max_repeats (layer
-    timing), context_repeats and context_random (graph-context design), seed.
+    timing), clock ("thread" CPU time, the default with one thread, or "wall"),
+    context_repeats and context_random (graph-context design), seed.
     """
 
     latency_by_container = True  # 4-, 6- and 8-bit layers are the same int8 program
 
     def __init__(self, name: str = "ort-cpu", threads: int = 1, warmup: int = 3, repeats: int = 10,
                  min_seconds: float = 0.3, max_repeats: int = 200, context_repeats: int = 5,
-                 context_random: int = 6, seed: int = 0) -> None:
+                 context_random: int = 6, seed: int = 0, clock: str | None = None) -> None:
         provider = PROVIDERS[name]
         available = ort.get_available_providers()
         if provider not in available:
@@ -85,7 +86,11 @@ class OrtBackend(Backend):
         self.name = name
         providers: list = [provider] if name == "ort-cpu" else [provider, "CPUExecutionProvider"]
         self.config = SessionConfig(providers=providers, threads=int(threads))
-        self.timing = TimingOptions(int(warmup), int(repeats), float(min_seconds), int(max_repeats))
+        clock = clock or ("thread" if threads == 1 and name == "ort-cpu" else "wall")
+        if clock == "thread" and (threads != 1 or name != "ort-cpu"):
+            raise ValueError("clock=thread needs threads=1 on ort-cpu (otherwise the work runs on other "
+                             "threads or the GPU): use clock=wall")
+        self.timing = TimingOptions(int(warmup), int(repeats), float(min_seconds), int(max_repeats), clock)
         self.context_repeats, self.context_random, self.seed = int(context_repeats), int(context_random), seed
         self._groups: dict[tuple, _Group] = {}
         self._traces: dict[tuple, ModelTrace] = {}
@@ -99,7 +104,8 @@ class OrtBackend(Backend):
                 "cpu": cpu_model(), "threads": self.config.threads, "tuned": False,
                 "versions": {"onnxruntime": ort.__version__, "onnx": onnx.__version__,
                              "opset": export.OPSET},
-                "timing": {"warmup": self.timing.warmup, "repeats": self.timing.repeats,
+                "timing": {"clock": self.timing.clock, "warmup": self.timing.warmup,
+                           "repeats": self.timing.repeats,
                            "min_seconds": self.timing.min_seconds,
                            "context_repeats": self.context_repeats,
                            "context_random": self.context_random},
@@ -130,10 +136,10 @@ class OrtBackend(Backend):
         for sess, feeds in sessions:
             for _ in range(self.timing.warmup):
                 sess.run(None, feeds)
+        once = TimingOptions(0, 1, 0.0, 1, self.timing.clock)
         totals = []
         for _ in range(self.timing.repeats):
-            totals.append(sum(time_runs(sess, feeds, TimingOptions(0, 1, 0.0, 1))[0]
-                              for sess, feeds in sessions))
+            totals.append(sum(time_runs(sess, feeds, once)[0] for sess, feeds in sessions))
         return Measurement.from_samples(totals)
 
     def profile_context(self, model: nn.Module, trace: ModelTrace, bits: Sequence[int], *,
@@ -156,7 +162,7 @@ class OrtBackend(Backend):
                 if key not in store:
                     bits_p = {n: max(b for b in bits if self.container(b) == p[n]) for n in g.layers}
                     pr = profile_runs(self.config, g.graph(bits_p), g.feeds, self.timing.warmup,
-                                      self.context_repeats)
+                                      self.context_repeats, self.timing.clock)
                     store[key] = {"profile": p, "segments": context.segment_times(pr, set(g.layers))}
                     if save:
                         save()
