@@ -254,6 +254,15 @@ class LatencyTable:
     @classmethod
     def from_dict(cls, raw: Any, where: str = "latency table") -> LatencyTable:
         """Validate every field; errors name it (`layers.g_a.0.latency.8.median: …`)."""
+        try:
+            return cls._from_dict(raw, where)
+        except LatencyTableError:
+            raise
+        except ValueError as e:  # from Measurement / LayerSpec, already naming the field
+            raise LatencyTableError(str(e)) from None
+
+    @classmethod
+    def _from_dict(cls, raw: Any, where: str) -> LatencyTable:
         def fail(field_: str, problem: str) -> LatencyTableError:
             return LatencyTableError(f"{where}: field {field_!r} {problem}")
 

@@ -153,7 +153,7 @@ class OrtBackend(Backend):
         plan = [(g, p) for g in groups for p in context.design(g.layers, containers, self.context_random,
                                                                 self.seed)]
         layers: dict[str, dict[str, Measurement]] = {}
-        transitions, fixed, residuals = [], [], {}
+        transitions, fixed, residuals, scales = [], [], {}, {}
         bar = tqdm(total=len(plan), desc=f"{self.name} in context", unit="run", disable=not progress)
         for g in groups:
             runs = []
@@ -168,23 +168,46 @@ class OrtBackend(Backend):
                         save()
                 runs.append((store[key]["profile"], store[key]["segments"]))
                 bar.update()
+            scale = self._profiler_scale(g, containers, bits, runs, store, save)
             fit = context.fit_group(g.layers, g.succ, containers, runs)
             for name, per in fit.layers.items():
-                layers[name] = {c: Measurement.from_samples(s) for c, s in per.items()}
-            transitions += fit.transitions
+                layers[name] = {c: Measurement.from_samples([v * scale for v in s]) for c, s in per.items()}
+            transitions += [{**t, "cost": {k: v * scale for k, v in t["cost"].items()}}
+                            for t in fit.transitions]
             uniform_fp32 = next(seg for p, seg in runs if set(p.values()) == {containers[-1]})
             glue = sum(statistics.median(r[1] for r in uniform_fp32[n])
                        for n in g.layers if n in uniform_fp32)
             head = uniform_fp32.get(context.HEAD, [[0.0, 0.0]] * self.context_repeats)
             over = uniform_fp32["_overhead"]
-            fixed.append([h[0] + o[0] + glue for h, o in zip(head, over, strict=True)])
+            fixed.append([(h[0] + o[0] + glue) * scale for h, o in zip(head, over, strict=True)])
             residuals[g.name] = fit.residual_ms
+            scales[g.name] = scale
         bar.close()
         fixed_samples = [sum(col) for col in zip(*fixed, strict=True)]
         return ContextProfile(layers, Measurement.from_samples(fixed_samples), transitions,
                               {"design": "affine k^2 + random", "random_profiles": self.context_random,
                                "containers": containers, "runs": len(plan),
-                               "fit_median_abs_residual_ms": residuals})
+                               "fit_median_abs_residual_ms": residuals, "profiler_scale": scales})
+
+    def _profiler_scale(self, g: _Group, containers: Sequence[str], bits: Sequence[int], runs: list,
+                        store: dict, save: Callable[[], None] | None) -> float:
+        """Plain-run time / profiled-run time of the uniform graphs: the profiler's own cost,
+        taken out so that the table predicts runs without it (what `profile_model` times)."""
+        key = g.name + "|profiler-scale"
+        if key not in store:
+            ratios = []
+            for c in containers:
+                seg = next(seg for p, seg in runs if set(p.values()) == {c})
+                profiled = statistics.median(sum(seg[s][i][0] for s in seg)
+                                             for i in range(len(seg["_overhead"])))
+                b = max(x for x in bits if self.container(x) == c)
+                sess = self.config.session(g.graph(dict.fromkeys(g.layers, b)))
+                plain = statistics.median(time_runs(sess, g.feeds, self.timing))
+                ratios.append(plain / profiled)
+            store[key] = statistics.fmean(ratios)
+            if save:
+                save()
+        return float(store[key])
 
     # --- helpers --------------------------------------------------------------------------------
     def _model_groups(self, model: nn.Module, input_shape: str | Sequence[int]) -> list[_Group]:
