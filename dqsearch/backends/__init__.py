@@ -1,0 +1,45 @@
+"""Backend plugins: the contract (`base`), the entry-point registry, table profiling, validation."""
+
+from .base import (
+    FP32,
+    Backend,
+    ContextProfile,
+    LayerSpec,
+    Measurement,
+    ModelTrace,
+    OpSpec,
+    extract_layer_specs,
+    float_model,
+    parse_input_shape,
+    trace_model,
+)
+from .registry import (
+    GROUP,
+    BackendError,
+    BackendInfo,
+    OptionRequired,
+    available_backends,
+    inspect_backends,
+    load_backend,
+)
+
+__all__ = [
+    "FP32",
+    "GROUP",
+    "Backend",
+    "BackendError",
+    "BackendInfo",
+    "ContextProfile",
+    "LayerSpec",
+    "Measurement",
+    "ModelTrace",
+    "OpSpec",
+    "OptionRequired",
+    "available_backends",
+    "extract_layer_specs",
+    "float_model",
+    "inspect_backends",
+    "load_backend",
+    "parse_input_shape",
+    "trace_model",
+]

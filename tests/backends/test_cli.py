@@ -1,0 +1,96 @@
+"""`dqsearch profile`, `dqsearch backends`, `dqsearch latency validate`: outputs and one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from dqsearch import cli, cli_backends
+
+pytest.importorskip("dqsearch_sim")
+
+
+@pytest.fixture(autouse=True)
+def with_commands(monkeypatch):
+    """Until cli.build_parser() registers these commands itself, add them for the test."""
+    original = cli.build_parser
+
+    def build():
+        parser = original()
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        if "profile" not in sub.choices:
+            cli_backends.register(sub)
+        return parser
+
+    monkeypatch.setattr(cli, "build_parser", build)
+
+
+def run(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_backends_lists_installed_and_failures(capsys):
+    code, out, _ = run(capsys, "backends")
+    assert code == 0 and "sim-npu" in out and "int8: 6,8" in out
+    assert "sim " in out and "--spec" in out
+    code, out, _ = run(capsys, "backends", "--json")
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert rows["sim-npu"]["loaded"] and rows["sim-npu"]["capabilities"]["8"] == "int8"
+
+
+def test_profile_resume_and_validate(capsys, tmp_path):
+    out = tmp_path / "t.json"
+    args = ["profile", "--backend", "sim-stripes", "--N", "8", "--M", "8", "--input", "64x64",
+            "--bits", "4,8,32", "-o", str(out), "--no-progress"]
+    code, stdout, err = run(capsys, *args)
+    assert code == 0 and out.exists() and "14 layers" in stdout, err
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "exists: pass --resume" in err and "Traceback" not in err
+    code, stdout, _ = run(capsys, *args, "--resume")
+    assert code == 0
+    code, _, _ = run(capsys, *args, "--force")
+    assert code == 0
+    code, stdout, _ = run(capsys, "latency", "validate", str(out), "--samples", "5", "--no-progress",
+                          "-o", str(tmp_path / "v.json"))
+    assert code == 0 and "100.0% within ±10%" in stdout
+    assert json.loads((tmp_path / "v.json").read_text())["samples"] == 5
+
+
+def test_profile_with_a_device_file(capsys, tmp_path):
+    from dqsearch_sim import shipped_specs
+
+    spec = tmp_path / "mine.toml"
+    spec.write_text(shipped_specs()["bitfusion"].read_text().replace('"sim-bitfusion"', '"my-fusion"'))
+    out = tmp_path / "m.json"
+    code, _, err = run(capsys, "profile", "--backend", "sim", "--spec", str(spec), "--N", "8", "--M", "8",
+                       "--input", "64x64", "--bits", "2,8", "-o", str(out), "--no-progress")
+    assert code == 0, err
+    assert json.loads(out.read_text())["metadata"]["backend"] == "my-fusion"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["profile", "--backend", "nope", "-o", "x.json"], "unknown backend 'nope'"),
+    (["profile", "--backend", "sim", "-o", "x.json"], "--spec"),
+    (["profile", "--backend", "sim-npu", "--bits", "3", "-o", "x.json"], "cannot run 3-bit"),
+    (["profile", "--backend", "sim-npu", "--input", "65x64", "--N", "8", "--M", "8", "-o", "x.json"],
+     "divisible by 64"),
+    (["profile", "--backend", "sim-npu", "--input", "big", "-o", "x.json"], "write HxW"),
+    (["profile", "--backend", "sim-npu", "--option", "oops", "-o", "x.json"], "KEY=VALUE"),
+    (["latency", "validate", "missing.json"], "does not exist"),
+])
+def test_errors_are_one_line(capsys, tmp_path, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_validate_refuses_another_backend(capsys, tmp_path):
+    out = tmp_path / "t.json"
+    run(capsys, "profile", "--backend", "sim-npu", "--N", "8", "--M", "8", "--input", "64x64",
+        "--bits", "8,32", "-o", str(out), "--no-progress")
+    code, _, err = run(capsys, "latency", "validate", str(out), "--backend", "sim-stripes", "--samples", "2")
+    assert code == 2 and "measured on sim-npu" in err

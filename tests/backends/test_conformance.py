@@ -1,0 +1,23 @@
+"""The conformance suite against every installed backend (entry points that load here)."""
+
+from __future__ import annotations
+
+import pytest
+
+from dqsearch.backends import inspect_backends, load_backend
+from dqsearch.backends.testing import BackendConformance
+
+# Fast settings for timed backends; analytical ones ignore what they do not take.
+OPTIONS = {"ort-cpu": {"threads": 1, "repeats": 5, "warmup": 2}}
+LOADABLE = [i.name for i in inspect_backends() if i.ok]
+
+
+class TestInstalledBackends(BackendConformance):
+    @pytest.fixture(scope="class", params=LOADABLE)
+    @classmethod
+    def backend(cls, request):
+        return load_backend(request.param, **OPTIONS.get(request.param, {}))
+
+
+def test_at_least_one_backend_is_installed():
+    assert LOADABLE, "no backend loads: pip install -e backends/simulated -e backends/onnxruntime"
