@@ -15,6 +15,7 @@ import json
 import math
 import shutil
 import statistics
+import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -35,6 +36,9 @@ from .quant.wrap import QuantPolicy, wrap
 from .train import RunSpec, TrainConfig, train
 
 CONFIG_ATTR = "dqsearch_config"
+# Heartbeats and the stale-trial retry are what make workers restartable; Optuna still tags them
+# "experimental", which is not news to our users on every trial.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 OBJECTIVES = ("multi", "single")
 
 
@@ -201,7 +205,8 @@ class Objective:
         candidates = tuple(int(b) for b in bits.split(","))
         path = Path(cfg.trial_dir) / f"trial-{trial.number}.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
-        retried = RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+        frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+        retried = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
         previous = Path(cfg.trial_dir) / f"trial-{retried}.pt" if retried is not None else None
         if previous is not None and previous.exists() and not path.exists():
             shutil.copyfile(previous, path)  # the retry resumes where the killed worker stopped

@@ -80,7 +80,7 @@ def profile_table(
     elif output.exists():
         raise LatencyTableError(f"{output} exists: pass --resume to complete it or --force to start over")
     else:
-        meta["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        meta["date"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         table = LatencyTable(metadata=meta, path=output)
     context_capable = backend.measures_context
     table.metadata["method"] = "in-context" if context_capable else "isolated"

@@ -9,12 +9,11 @@ shipped files in `devices/` for every key with a comment.
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 KINDS = ("bit-serial", "bitfusion", "roofline")
 FP32 = 32

@@ -1,0 +1,124 @@
+"""The hardware-aware study end to end on tiny real models and the simulated BitFusion backend."""
+
+import pytest
+import torch
+
+from dqsearch.backends import load_backend
+from dqsearch.backends.profiling import profile_table
+from dqsearch.cli import main
+from dqsearch.data import CropSampler, sample_images_dir
+from dqsearch.latency import LatencyTable
+from dqsearch.latency_term import LatencyTerm, check_table_matches, parse_latency
+from dqsearch.models import build_model, load_checkpoint
+from dqsearch.quant.wrap import QuantPolicy, wrap
+from dqsearch.study import StudyConfig, StudyError, create_study, export_trial, redact, run_trials, summary
+from dqsearch.train import RunSpec, TrainConfig, train
+
+TINY = ["--model", "bmshj2018-hyperprior", "--N", "16", "--M", "24", "--batch-size", "2",
+        "--crop", "64", "--threads", "1", "--no-progress", "--data", str(sample_images_dir())]
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory):
+    root = tmp_path_factory.mktemp("family")
+    paths = []
+    for name, lmbda in (("lo", "0.003"), ("hi", "0.03")):
+        out = root / f"{name}.pt"
+        assert main(["train", *TINY, "--steps", "3", "--lambda", lmbda, "-o", str(out)]) == 0
+        paths.append(str(out))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def table_path(family, tmp_path_factory):
+    model = load_checkpoint(family[0]).model
+    path = tmp_path_factory.mktemp("table") / "sim.json"
+    profile_table(load_backend("sim-bitfusion"), model, "64x64", [4, 6, 8, 10, 16, 32], path, progress=False)
+    return path
+
+
+def test_parse_latency():
+    assert parse_latency("20ms") == 20 and parse_latency("0.5s") == 500 and parse_latency("250us") == 0.25
+    assert parse_latency("7") == 7
+    for bad in ("fast", "-3ms", "0"):
+        with pytest.raises(ValueError):
+            parse_latency(bad)
+
+
+def test_table_must_match_the_model(table_path):
+    table = LatencyTable.load(table_path)
+    check_table_matches(table, build_model("bmshj2018-hyperprior", N=16, M=24))
+    with pytest.raises(ValueError, match="g_a.0"):
+        check_table_matches(table, build_model("bmshj2018-hyperprior", N=32, M=24))
+    with pytest.raises(ValueError, match="layers missing"):
+        check_table_matches(table, build_model("cheng2020-anchor", N=16))
+
+
+def _expected_after_training(family, table, eta):
+    torch.manual_seed(0)
+    ck = load_checkpoint(family[0])
+    model = wrap(ck.model, QuantPolicy.dynamic((4, 8, 16), selector="global"))
+    table_ms = table.predict({n: 8 for n in table.layer_names})
+    term = LatencyTerm(table, table_ms, eta, "linear")
+    cfg = TrainConfig(lmbda=0.01, steps=12, batch_size=2, crop=64, lr=1e-5, selector_lr=0.05,
+                      temperature_start=1.0, temperature_end=1.0, checkpoint_every=100,
+                      calibration_batches=1, gamma=0.0)
+    sampler = CropSampler(list(sample_images_dir().glob("*.png")), 64)
+    train(model, RunSpec(ck.architecture, ck.arch_args, model.dq_policy), sampler, cfg,
+          family[0] + f".eta{eta}.pt", loss_terms=[term], progress=False)
+    return term.last_expected_ms
+
+
+def test_latency_term_lowers_expected_latency(family, table_path):
+    table = LatencyTable.load(table_path)
+    without = _expected_after_training(family, table, 0.0)
+    with_term = _expected_after_training(family, table, 5.0)
+    assert with_term < 0.9 * without
+
+
+def _config(family, table_path, tmp_path, **kw):
+    base = dict(family=family, latency_table=str(table_path), backend="sim-bitfusion",
+                target_ms=LatencyTable.load(table_path).predict(
+                    {n: 8 for n in LatencyTable.load(table_path).layer_names}),
+                train_data=str(sample_images_dir()), trial_dir=str(tmp_path / "trials"), steps=3,
+                batch_size=2, crop=64, val_fraction=0.25, val_limit=1, bit_sets=[[4, 8], [4, 6, 8]],
+                measure=True)
+    return StudyConfig(**{**base, **kw})
+
+
+def test_tiny_study_finds_a_feasible_trial(family, table_path, tmp_path):
+    config = _config(family, table_path, tmp_path)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = create_study("tiny", url, config)
+    assert run_trials(study, config, 3) == 3
+    res = summary(study, config)
+    assert len(res["trials"]) == 3 and res["front"], "candidates ≤ 8 bits always meet an 8-bit budget"
+    best = res["front"][0]
+    assert best["predicted_ms"] <= config.target_ms and best["measured_ms"] is not None
+    out = export_trial(study, best["trial"], tmp_path / "best.pt")
+    ck = load_checkpoint(out)
+    assert ck.policy.mode == "dynamic" and ck.meta["study"] == "tiny"
+    with pytest.raises(StudyError, match="another configuration"):
+        create_study("tiny", url, _config(family, table_path, tmp_path, steps=5))
+
+
+def test_study_cli_show_and_export(family, table_path, tmp_path, capsys):
+    out = tmp_path / "cli"
+    argv = ["study", "--checkpoint", *family, "--latency-table", str(table_path),
+            "--backend", "sim-bitfusion", "--input", "64x64", "--target-latency", "1s", "--trials", "2",
+            "--steps", "2", "--batch-size", "2", "--crop", "64", "--data", str(sample_images_dir()),
+            "--val-limit", "1", "--study-name", "c", "-o", str(out), "--threads", "1", "--no-progress"]
+    assert main(argv) == 0
+    assert "feasible Pareto front" in capsys.readouterr().out
+    for f in ("pareto.png", "summary.json", "fp32-validation.json"):
+        assert (out / f).exists(), f
+    assert main(["study", "show", "c", "-o", str(out)]) == 0
+    t0 = str(tmp_path / "t0.pt")
+    assert main(["study", "export", "c", "-o", str(out), "--trial", "0", "--out", t0]) == 0
+    assert main(["study", "show", "nope", "-o", str(out)]) == 2
+    assert "no study 'nope'" in capsys.readouterr().err
+
+
+def test_passwords_never_shown():
+    assert redact("postgresql://u:s3cret@db:5432/x") == "postgresql://u:***@db:5432/x"
+    assert redact("sqlite:///a.db") == "sqlite:///a.db"
