@@ -305,8 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_compare)
 
-    from . import cli_study
+    from . import cli_backends, cli_study
 
+    cli_backends.register(sub)
     cli_study.register(sub)
     return parser
 
