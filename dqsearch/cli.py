@@ -80,7 +80,7 @@ def _set_threads(n: int | None) -> None:
 
 # --- commands -----------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    from .data import CropSampler, list_images, repo_data_dir
+    from .data import CropSampler, default_train_dir, list_images
     from .models import build_model, load_checkpoint, pretrained_model, resolve_checkpoint
     from .quant.wrap import wrap
     from .train import RunSpec, TrainConfig, train
@@ -125,7 +125,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if policy is not None:
             wrap(model, policy)
             spec.policy = policy
-    data = Path(args.data) if args.data else repo_data_dir() / "train"
+    data = Path(args.data) if args.data else default_train_dir()
     sampler = CropSampler(list_images(data), config.crop)
     last = train(model, spec, sampler, config, output, train_state, progress=not args.no_progress)
     print(f"wrote {output}: step {last.get('step')}, bpp {last.get('bpp', 0):.3f}, "

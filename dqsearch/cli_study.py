@@ -84,11 +84,11 @@ def cmd_study(args: argparse.Namespace) -> int:
                                           not args.no_progress).resolve())
     else:
         raise ValueError("name the hardware: --backend NAME (or --latency-table TABLE)")
-    from .data import repo_data_dir
+    from .data import default_train_dir
 
     config = StudyConfig(
         family=family, latency_table=table, target_ms=target,
-        train_data=str(Path(args.data).resolve() if args.data else repo_data_dir() / "train"),
+        train_data=str(Path(args.data).resolve() if args.data else default_train_dir()),
         trial_dir=str((out / "trials").resolve()), backend=args.backend, steps=args.steps,
         batch_size=args.batch_size, crop=args.crop, lr=args.lr, val_limit=args.val_limit,
         bit_sets=args.bit_sets, gamma=args.gamma_range, eta=args.eta_range,
@@ -153,7 +153,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", nargs="+", help="FP32 family (default: embedded:1..4)")
     p.add_argument("--backend", help="backend whose latency table constrains the search")
     p.add_argument("--latency-table", help="use this table instead of finding/profiling one")
-    p.add_argument("--input", default="768x512", help="input size the latency refers to (WxH)")
+    p.add_argument("--input", default="768x512", help="input size the latency refers to (HxW)")
     p.add_argument("--target-latency", required=True, help="budget, e.g. 20ms or 0.5s")
     p.add_argument("--trials", type=int, default=12, help="finished trials wanted (all workers)")
     p.add_argument("--study-name", help="default dq-BACKEND-TARGET")

@@ -35,6 +35,17 @@ def repo_data_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def default_train_dir() -> Path:
+    """../shared/data/train (or $DQSEARCH_DATA/train); the bundled sample images where that folder
+    does not exist (a fresh clone), with a warning naming --data."""
+    train = repo_data_dir() / "train"
+    if train.is_dir():
+        return train
+    warnings.warn(f"no training images at {train}; using the {len(list_images(sample_images_dir()))} "
+                  "bundled sample images (pass --data DIR for real training)", stacklevel=2)
+    return sample_images_dir()
+
+
 def sample_images_dir() -> Path:
     """Small photos bundled with the package (see sample_images/ATTRIBUTION.md)."""
     return Path(str(resources.files("dqsearch") / "sample_images"))

@@ -60,7 +60,7 @@ def _expected_after_training(family, table, eta):
     model = wrap(ck.model, QuantPolicy.dynamic((4, 8, 16), selector="global"))
     table_ms = table.predict({n: 8 for n in table.layer_names})
     term = LatencyTerm(table, table_ms, eta, "linear")
-    cfg = TrainConfig(lmbda=0.01, steps=12, batch_size=2, crop=64, lr=1e-5, selector_lr=0.05,
+    cfg = TrainConfig(lmbda=0.01, steps=20, batch_size=2, crop=64, lr=1e-5, selector_lr=0.05,
                       temperature_start=1.0, temperature_end=1.0, checkpoint_every=100,
                       calibration_batches=1, gamma=0.0)
     sampler = CropSampler(list(sample_images_dir().glob("*.png")), 64)
@@ -72,8 +72,8 @@ def _expected_after_training(family, table, eta):
 def test_latency_term_lowers_expected_latency(family, table_path):
     table = LatencyTable.load(table_path)
     without = _expected_after_training(family, table, 0.0)
-    with_term = _expected_after_training(family, table, 5.0)
-    assert with_term < 0.9 * without
+    with_term = _expected_after_training(family, table, 20.0)
+    assert with_term < 0.8 * without
 
 
 def _config(family, table_path, tmp_path, **kw):
