@@ -2,8 +2,9 @@
 and dataset, then write the comparison table and figures.
 
 A study file names the FP32 family, the evaluation images, shared QAT settings and the methods.
-Each method's checkpoints and per-checkpoint results are cached under the output folder, so a rerun
-only does what is missing and an interrupted QAT run resumes.
+Each method's checkpoints and per-checkpoint results are cached (under `cache`, default the output
+folder; studies that share a cache share identical methods), so a rerun only does what is missing
+and an interrupted QAT run resumes.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class Study:
     methods: list[Method]
     train: dict[str, Any]
     output: Path
+    cache: Path
     limit: int | None = None
     bd_method: str = "pchip"
 
@@ -113,7 +115,8 @@ class Study:
             dataset=where(raw.get("dataset"), sample_images_dir()),
             train_data=where(train_cfg.pop("data", None), repo_data_dir() / "train"),
             family=list(raw["family"]), anchor=anchor, methods=methods, train=train_cfg,
-            output=where(raw.get("output"), root / raw["name"]), limit=raw.get("limit"),
+            output=where(raw.get("output"), root / raw["name"]),
+            cache=where(raw.get("cache") or raw.get("output"), root / raw["name"]), limit=raw.get("limit"),
             bd_method=raw.get("bd_method", "pchip"),
         )
 
@@ -128,7 +131,7 @@ def method_checkpoint(study: Study, method: Method, base: Path, progress: bool) 
     (resuming an interrupted run)."""
     if method.kind == "fp32":
         return base
-    out = study.output / "checkpoints" / method.slug / f"{base.stem}.pt"
+    out = study.cache / "checkpoints" / method.slug / f"{base.stem}.pt"
     resumed = load_checkpoint(out, with_train_state=True) if out.exists() else None
     if resumed is not None and resumed.meta.get("finished"):
         return out
@@ -169,7 +172,7 @@ def run_study(study: Study, only: list[str] | None = None, progress: bool = True
         for spec in study.family:
             ck_path = method_checkpoint(study, method, _family_checkpoint(study, spec), progress)
             ck = load_checkpoint(ck_path)
-            cache = study.output / "points" / method.slug / f"{ck_path.stem}.json"
+            cache = study.cache / "points" / method.slug / f"{ck_path.stem}.json"
             key = {"model_id": ck.model_id, "images": [p.name for p in images]}
             if cache.exists() and json.loads(cache.read_text()).get("key") == key:
                 point = json.loads(cache.read_text())["point"]
