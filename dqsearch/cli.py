@@ -227,6 +227,38 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fmpq(args: argparse.Namespace) -> int:
+    from .data import CropSampler, default_train_dir, list_images
+    from .fmpq import FMPQTarget, run_fmpq
+    from .latency_term import parse_latency
+    from .models import load_checkpoint, resolve_checkpoint
+    from .train import TrainConfig
+
+    _set_threads(args.threads)
+    ck = load_checkpoint(resolve_checkpoint(args.checkpoint))
+    table = args.latency_table
+    if args.target_latency and not table and args.backend:
+        from .cli_study import find_or_profile_table
+
+        info = {"architecture": ck.architecture, "arch_args": ck.arch_args}
+        table = str(find_or_profile_table(args.backend, ck.model, info, args.input,
+                                          Path(args.output).parent, not args.no_progress))
+    latency = parse_latency(args.target_latency) if args.target_latency else None
+    target = FMPQTarget(args.target_size, latency, table)
+    sampler = CropSampler(list_images(args.data or default_train_dir()), args.crop)
+    config = TrainConfig(lmbda=ck.meta.get("lmbda") or 0.013, steps=args.steps,
+                         batch_size=args.batch_size, crop=args.crop, lr=args.lr, seed=args.seed,
+                         compile=bool(args.compile))
+    found = run_fmpq(ck, args.bits, target, sampler, config, args.output, args.calibration_batches,
+                     progress=not args.no_progress)
+    unit, goal = ("size ratio", target.size) if target.size is not None else ("ms", target.latency_ms)
+    print(f"β = {found.beta:.4g} after {found.iterations} iterations: {unit} {found.score:.4f} "
+          f"(target {goal:g}, {'met' if found.met else 'closest below the target'}); bits "
+          + ",".join(str(b) for b in found.allocation.values()))
+    print(f"wrote {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dqsearch", description=__doc__)
     parser.add_argument("--version", action="version", version=f"dqsearch {__version__}")
@@ -304,6 +336,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("fmpq", help="FMPQ baseline: sensitivity-based bits under a size or latency target")
+    p.add_argument("--checkpoint", help="FP32 checkpoint (default: the embedded model)")
+    p.add_argument("--bits", type=_int_list, default=(4, 6, 8, 10, 16), help="candidate bit-widths")
+    t = p.add_mutually_exclusive_group(required=True)
+    t.add_argument("--target-size", type=float, help="packed conv weights / FP32, e.g. 0.25")
+    t.add_argument("--target-latency", help="latency budget, e.g. 20ms (needs a table)")
+    p.add_argument("--backend", help="backend whose table gives the latency")
+    p.add_argument("--latency-table")
+    p.add_argument("--input", default="768x512", help="input size (HxW) for a table profiled now")
+    p.add_argument("--data", help="training/calibration images (default ../shared/data/train)")
+    p.add_argument("-o", "--output", required=True, help="QAT checkpoint to write")
+    p.add_argument("--steps", type=int, default=300, help="QAT steps with the leaky clip")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--calibration-batches", type=int, default=4, help="batches for ζ")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_fmpq)
 
     from . import cli_backends, cli_study
 

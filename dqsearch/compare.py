@@ -25,7 +25,7 @@ from .quant.wrap import QuantPolicy, calibrate, weight_bytes, wrap
 from .report import csv_table, markdown_table, plot_bits_heatmap, plot_rd, summary_rows
 from .train import RunSpec, TrainConfig, train
 
-METHOD_KINDS = ("fp32", "ptq", "qat")
+METHOD_KINDS = ("fp32", "ptq", "qat", "fmpq")
 _POLICY_KEYS = set(QuantPolicy.__dataclass_fields__) - {"overrides"}
 _TRAIN_KEYS = set(TrainConfig.__dataclass_fields__)
 
@@ -40,6 +40,7 @@ class Method:
     kind: str
     policy: QuantPolicy | None
     train: dict[str, Any] = field(default_factory=dict)
+    fmpq: dict[str, Any] = field(default_factory=dict)  # bits, target_size | target_latency, table
 
     @property
     def slug(self) -> str:
@@ -94,10 +95,19 @@ class Study:
             if kind not in METHOD_KINDS:
                 raise StudyError(f"{path}: method {m['name']!r} has kind {kind!r}; use one of {METHOD_KINDS}")
             pol_fields = {k: v for k, v in m.items() if k in _POLICY_KEYS}
-            extra = set(m) - _POLICY_KEYS - _TRAIN_KEYS - {"name", "kind", "candidates"}
+            extra = set(m) - _POLICY_KEYS - _TRAIN_KEYS - {"name", "kind", "candidates", "target_size",
+                                                           "target_latency", "latency_table"}
             if extra:
                 raise StudyError(f"{path}: method {m['name']!r} has unknown fields {sorted(extra)}")
             policy = None
+            if kind == "fmpq":
+                fm = {k: m[k] for k in ("target_size", "target_latency", "latency_table") if k in m}
+                if "latency_table" in fm:
+                    fm["latency_table"] = str(where(fm["latency_table"], root))
+                methods.append(Method(m["name"], kind, None,
+                                      {k: v for k, v in m.items() if k in _TRAIN_KEYS},
+                                      {**fm, "bits": m.get("candidates", [4, 6, 8, 10, 16])}))
+                continue
             if kind != "fp32":
                 if "candidates" in m:
                     policy = QuantPolicy.dynamic(m["candidates"], **pol_fields)
@@ -135,6 +145,8 @@ def method_checkpoint(study: Study, method: Method, base: Path, progress: bool) 
     resumed = load_checkpoint(out, with_train_state=True) if out.exists() else None
     if resumed is not None and resumed.meta.get("finished"):
         return out
+    if method.kind == "fmpq":
+        return _fmpq_checkpoint(study, method, base, out, progress)
     if resumed is not None:
         model, state = resumed.model, resumed.train_state
         run = RunSpec(resumed.architecture, resumed.arch_args, resumed.policy, resumed.meta)
@@ -154,6 +166,21 @@ def method_checkpoint(study: Study, method: Method, base: Path, progress: bool) 
                         {**run.meta, "finished": True, "steps": 0})
         return out
     train(model, run, sampler, config, out, train_state=state, progress=progress)
+    return out
+
+
+def _fmpq_checkpoint(study: Study, method: Method, base: Path, out: Path, progress: bool) -> Path:
+    from .fmpq import FMPQTarget, run_fmpq
+    from .latency_term import parse_latency
+
+    fp = load_checkpoint(base)
+    f = method.fmpq
+    latency = parse_latency(f["target_latency"]) if "target_latency" in f else None
+    target = FMPQTarget(f.get("target_size"), latency, f.get("latency_table"))
+    config = TrainConfig.from_dict({**study.train, **method.train, "lmbda": fp.meta.get("lmbda", 0.013)})
+    sampler = CropSampler(list_images(study.train_data), config.crop)
+    run_fmpq(fp, f["bits"], target, sampler, config, out, config.calibration_batches,
+             cache=study.cache / "fmpq-sensitivity", progress=progress)
     return out
 
 

@@ -100,7 +100,7 @@ class QuantizedConv:
             target.external_probs = probs[:, i]
 
     def _select_and_run(self, x: Tensor) -> Tensor:
-        if self.mode == "fp32" or self.calibrating:
+        if self.mode == "fp32" or self.calibrating or self.forced_bits == 32:
             return self._conv(x, self._effective_weight(), self.bias)
         if self.forced_bits is not None:
             self._record_fixed(x.shape[0], self.forced_bits, x)

@@ -31,17 +31,28 @@ def fake_quantize(
     bits: int,
     rounding: str = "dgm",
     beta: float = 1.0,
+    leak: float = 0.0,
 ) -> Tensor:
     """x̃ = s·(round(clip(x/s + z, 0, 2^b − 1)) − z), with s and z broadcast against x.
 
     z is rounded (straight-through) so the result is exactly what integer kernels with an integer
-    zero-point compute. Inputs outside the clipping range get no gradient; s and z get LSQ-style
-    gradients through the division and the subtraction.
+    zero-point compute. Inputs outside the clipping range get no gradient — or, with `leak` > 0
+    (FMPQ's leaky clip), a gradient of slope `leak`; s and z get LSQ-style gradients through the
+    division and the subtraction.
     """
     qmax = float(2 ** check_bits(bits) - 1)
     z = ste_round(zero_point)
-    v = torch.clamp(x / scale + z, 0.0, qmax)
+    v = leaky_clamp(x / scale + z, 0.0, qmax, leak)
     return scale * (ROUNDINGS[rounding](v, beta) - z)
+
+
+def leaky_clamp(v: Tensor, low: float, high: float, leak: float = 0.0) -> Tensor:
+    """clamp(v, low, high) in the forward pass; outside the range the gradient is `leak`, not 0."""
+    c = torch.clamp(v, low, high)
+    if leak <= 0:
+        return c
+    outside = leak * (v - c)
+    return c + outside - outside.detach()
 
 
 _active_fake_quantize = fake_quantize
@@ -155,8 +166,10 @@ class LearnableQuantizer(ChannelQuantizer):
         beta: float = 1.0,
         learn_scale: bool = True,
         learn_zero_point: bool = True,
+        leak: float = 0.0,
     ):
         super().__init__(num_channels, channel_dim, bits, ndim, percentile)
+        self.leak = float(leak)
         if rounding not in ROUNDINGS:
             raise ValueError(f"rounding must be one of {sorted(ROUNDINGS)}, got {rounding!r}")
         self.rounding = rounding
@@ -184,7 +197,7 @@ class LearnableQuantizer(ChannelQuantizer):
             self.observe(x)
         s = _channel_view(self.scale[str(bits)].abs().clamp_min(_EPS), self.channel_dim, x.dim())
         z = _channel_view(self.zero_point[str(bits)], self.channel_dim, x.dim())
-        return _active_fake_quantize(x, s, z, bits, self.rounding, self.beta)
+        return _active_fake_quantize(x, s, z, bits, self.rounding, self.beta, self.leak)
 
 
 class MinMaxQuantizer(LearnableQuantizer):

@@ -55,6 +55,7 @@ class QuantPolicy:
     learn_scale: bool = True
     learn_zero_point: bool = True
     percentile: float | None = None
+    leaky_clip: float = 0.0  # gradient slope outside the clipping range (FMPQ); 0 = none
     selector: str = "per-layer"
     selector_pool: int = 2
     selector_hidden: int = 32
@@ -137,7 +138,7 @@ def wrap(model: nn.Module, policy: QuantPolicy) -> nn.Module:
     qopts = dict(percentile=policy.percentile)
     if policy.quantizer == "dpa":
         qopts.update(rounding=policy.rounding, beta=policy.beta, learn_scale=policy.learn_scale,
-                     learn_zero_point=policy.learn_zero_point)
+                     learn_zero_point=policy.learn_zero_point, leak=policy.leaky_clip)
     sel_opts = dict(pool=policy.selector_pool, hidden=policy.selector_hidden)
     for name, conv in layers:
         lp = policy.layer_policy(name, first, last)
@@ -208,8 +209,10 @@ def get_profile(model: nn.Module, index: int = 0) -> dict[str, int]:
     return profile
 
 
-def set_profile(model: nn.Module, profile: Mapping[str, int] | None) -> None:
-    """Force every layer to the profile's bit-width (decoding); None returns control to selectors."""
+def set_profile(model: nn.Module, profile: Mapping[str, int] | None, allow_fp32: bool = False) -> None:
+    """Force every layer to the profile's bit-width (decoding); None returns control to selectors.
+
+    `allow_fp32` lets any layer run unquantized at 32 (sensitivity analysis, not deployment)."""
     layers = quantized_layers(model)
     if profile is None:
         for m in layers.values():
@@ -222,7 +225,7 @@ def set_profile(model: nn.Module, profile: Mapping[str, int] | None) -> None:
     for name, m in layers.items():
         b = int(profile[name])
         allowed = m.candidates if m.mode != "fp32" else (FP32,)
-        if b not in allowed:
+        if b not in allowed and not (allow_fp32 and b == FP32):
             raise ValueError(f"layer {name} cannot run at {b} bits; it allows {list(allowed)}")
         m.forced_bits = None if m.mode == "fp32" else b
 
