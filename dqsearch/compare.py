@@ -25,7 +25,7 @@ from .quant.wrap import QuantPolicy, calibrate, weight_bytes, wrap
 from .report import csv_table, markdown_table, plot_bits_heatmap, plot_rd, summary_rows
 from .train import RunSpec, TrainConfig, train
 
-METHOD_KINDS = ("fp32", "ptq", "qat", "fmpq")
+METHOD_KINDS = ("fp32", "ptq", "qat", "fmpq", "study-front")
 _POLICY_KEYS = set(QuantPolicy.__dataclass_fields__) - {"overrides"}
 _TRAIN_KEYS = set(TrainConfig.__dataclass_fields__)
 
@@ -40,7 +40,7 @@ class Method:
     kind: str
     policy: QuantPolicy | None
     train: dict[str, Any] = field(default_factory=dict)
-    fmpq: dict[str, Any] = field(default_factory=dict)  # bits, target_size | target_latency, table
+    options: dict[str, Any] = field(default_factory=dict)  # fmpq targets, or the study of a front
 
     @property
     def slug(self) -> str:
@@ -62,6 +62,9 @@ class Study:
     cache: Path
     limit: int | None = None
     bd_method: str = "pchip"
+    latency_tables: list[Path] = field(default_factory=list)
+    measure: list[str] = field(default_factory=list)
+    measure_input: str = "768x512"
 
     @classmethod
     def load(cls, path: str | Path) -> Study:
@@ -80,6 +83,10 @@ class Study:
             p = p.replace("{shared}", str(repo_data_dir())).replace("{samples}", str(sample_images_dir()))
             return (root / p).resolve() if not Path(p).is_absolute() else Path(p)
 
+        lat = raw.get("latency", {})
+        bad_lat = set(lat) - {"tables", "measure", "input"}
+        if bad_lat:
+            raise StudyError(f"{path}: unknown [latency] fields {sorted(bad_lat)}")
         for key in ("name", "family", "methods"):
             if key not in raw:
                 raise StudyError(f"{path}: missing field '{key}'")
@@ -96,10 +103,19 @@ class Study:
                 raise StudyError(f"{path}: method {m['name']!r} has kind {kind!r}; use one of {METHOD_KINDS}")
             pol_fields = {k: v for k, v in m.items() if k in _POLICY_KEYS}
             extra = set(m) - _POLICY_KEYS - _TRAIN_KEYS - {"name", "kind", "candidates", "target_size",
-                                                           "target_latency", "latency_table"}
+                                                           "target_latency", "latency_table", "study",
+                                                           "storage"}
             if extra:
                 raise StudyError(f"{path}: method {m['name']!r} has unknown fields {sorted(extra)}")
             policy = None
+            if kind == "study-front":
+                if "study" not in m:
+                    raise StudyError(f"{path}: method {m['name']!r} of kind study-front needs 'study'")
+                storage = m.get("storage") or f"sqlite:///{where(None, root / 'studies')}"
+                if str(storage).startswith("sqlite:///") and not str(storage).startswith("sqlite:////"):
+                    storage = "sqlite:///" + str(where(str(storage)[len("sqlite:///"):], root))
+                methods.append(Method(m["name"], kind, None, {}, {"study": m["study"], "storage": storage}))
+                continue
             if kind == "fmpq":
                 fm = {k: m[k] for k in ("target_size", "target_latency", "latency_table") if k in m}
                 if "latency_table" in fm:
@@ -128,6 +144,8 @@ class Study:
             output=where(raw.get("output"), root / raw["name"]),
             cache=where(raw.get("cache") or raw.get("output"), root / raw["name"]), limit=raw.get("limit"),
             bd_method=raw.get("bd_method", "pchip"),
+            latency_tables=[where(t, root) for t in lat.get("tables", [])],
+            measure=list(lat.get("measure", [])), measure_input=lat.get("input", "768x512"),
         )
 
 
@@ -174,13 +192,63 @@ def _fmpq_checkpoint(study: Study, method: Method, base: Path, out: Path, progre
     from .latency_term import parse_latency
 
     fp = load_checkpoint(base)
-    f = method.fmpq
+    f = method.options
     latency = parse_latency(f["target_latency"]) if "target_latency" in f else None
     target = FMPQTarget(f.get("target_size"), latency, f.get("latency_table"))
     config = TrainConfig.from_dict({**study.train, **method.train, "lmbda": fp.meta.get("lmbda", 0.013)})
     sampler = CropSampler(list_images(study.train_data), config.crop)
     run_fmpq(fp, f["bits"], target, sampler, config, out, config.calibration_batches,
              cache=study.cache / "fmpq-sensitivity", progress=progress)
+    return out
+
+
+def method_checkpoints(study: Study, method: Method, progress: bool) -> list[Path]:
+    """The checkpoints behind a method's RD points: one per family member, or a study's front."""
+    if method.kind != "study-front":
+        return [method_checkpoint(study, method, _family_checkpoint(study, spec), progress)
+                for spec in study.family]
+    from .study import load_study, summary
+
+    opt, config = load_study(method.options["study"], method.options["storage"])
+    front = sorted(summary(opt, config)["front"], key=lambda r: r["bpp"])
+    if not front:
+        raise StudyError(f"study {method.options['study']!r} has no feasible trial to compare yet")
+    from .study import export_trial
+
+    paths = []
+    for row in front:
+        out = study.cache / "checkpoints" / method.slug / f"trial-{row['trial']}.pt"
+        if not out.exists():
+            export_trial(opt, row["trial"], out)
+        paths.append(out)
+    return paths
+
+
+_backends: dict[str, Any] = {}
+
+
+def latency_of_point(study: Study, ck, point: dict[str, Any]) -> dict[str, Any]:
+    """Predicted latency (mean over images' profiles) per table, and measured latency of the most
+    common profile per backend named in [latency] measure."""
+    from collections import Counter
+
+    from .latency import LatencyTable
+    from .quant.wrap import FP32, conv_layers
+
+    profiles = [img["profile"] or {n: FP32 for n, _ in conv_layers(ck.model)} for img in point["images"]]
+    out: dict[str, Any] = {"predicted_ms": {}, "measured_ms": {}}
+    for path in study.latency_tables:
+        table = LatencyTable.load(path)
+        name = table.metadata.get("backend", path.stem)
+        out["predicted_ms"][name] = sum(table.predict(p) for p in profiles) / len(profiles)
+    if study.measure:
+        from .backends import load_backend, parse_input_shape
+
+        common = dict(Counter(tuple(sorted(p.items())) for p in profiles).most_common(1)[0][0])
+        for name in study.measure:
+            backend = _backends.setdefault(name, load_backend(name))
+            m = backend.profile_model(ck.model, common, parse_input_shape(study.measure_input))
+            out["measured_ms"][name] = m.median
     return out
 
 
@@ -196,8 +264,7 @@ def run_study(study: Study, only: list[str] | None = None, progress: bool = True
                 results[method.name] = json.loads(res_path.read_text())
             continue
         points = []
-        for spec in study.family:
-            ck_path = method_checkpoint(study, method, _family_checkpoint(study, spec), progress)
+        for ck_path in method_checkpoints(study, method, progress):
             ck = load_checkpoint(ck_path)
             cache = study.cache / "points" / method.slug / f"{ck_path.stem}.json"
             key = {"model_id": ck.model_id, "images": [p.name for p in images]}
@@ -208,6 +275,7 @@ def run_study(study: Study, only: list[str] | None = None, progress: bool = True
                 profile = point["images"][0]["profile"] or None
                 point["size"] = weight_bytes(ck.model, profile)
                 write_json({"key": key, "point": point}, cache)
+            point["latency"] = latency_of_point(study, ck, point)
             points.append(point)
         results[method.name] = results_json(method.name, points,
                                             f"{study.name}: {method.name} on {study.dataset.name}")

@@ -25,6 +25,16 @@ def summary_rows(methods: dict[str, dict[str, Any]], anchor: str, bd_method: str
     """One row per method: BD-rate vs the anchor, bits, nominal speedup 32/b̄, sizes."""
     if anchor not in methods:
         raise ValueError(f"anchor method {anchor!r} has no results; methods are {sorted(methods)}")
+    rows = _rows(methods, anchor, bd_method)
+    ref_row = next(r for r in rows if r["method"] == anchor)
+    for r in rows:  # measured speedup against the anchor, same run and threads
+        for k in [k for k in r if k.startswith("measured_ms:")]:
+            if ref_row.get(k) and r.get(k):
+                r["measured_speedup:" + k.split(":", 1)[1]] = ref_row[k] / r[k]
+    return rows
+
+
+def _rows(methods: dict[str, dict[str, Any]], anchor: str, bd_method: str) -> list[dict]:
     ref = curve(methods[anchor])
     rows = []
     for name, res in methods.items():
@@ -49,6 +59,10 @@ def summary_rows(methods: dict[str, dict[str, Any]], anchor: str, bd_method: str
             "size_packed_kb": _mean([p.get("size", {}).get("packed") for p in pts]) / 1024,
         }
         row["nominal_speedup"] = 32.0 / row["avg_bits"]
+        for kind in ("predicted_ms", "measured_ms"):
+            backends = {b for p in pts for b in p.get("latency", {}).get(kind, {})}
+            for b in sorted(backends):
+                row[f"{kind}:{b}"] = _mean([p["latency"][kind].get(b) for p in pts])
         if note:
             row["note"] = note
         rows.append(row)
@@ -80,7 +94,16 @@ def _fmt(fmt: str, v: Any) -> str:
     return fmt.format(v)
 
 
-def markdown_table(rows: Sequence[dict], columns=COLUMNS) -> str:
+def _latency_columns(rows: Sequence[dict]) -> list[tuple[str, str, str]]:
+    keys = list(dict.fromkeys(k for r in rows for k in r if ":" in k))
+    label = {"predicted_ms": "predicted ms", "measured_ms": "measured ms",
+             "measured_speedup": "measured speedup"}
+    return [(k, f"{label[k.split(':')[0]]} ({k.split(':', 1)[1]})",
+             "{:.2f}x" if k.startswith("measured_speedup") else "{:.2f}") for k in keys]
+
+
+def markdown_table(rows: Sequence[dict], columns=None) -> str:
+    columns = columns or [*COLUMNS[:-2], *_latency_columns(rows), *COLUMNS[-2:]]
     cols = [c for c in columns if any(c[0] in r for r in rows)]
     lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:

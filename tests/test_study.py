@@ -122,3 +122,38 @@ def test_study_cli_show_and_export(family, table_path, tmp_path, capsys):
 def test_passwords_never_shown():
     assert redact("postgresql://u:s3cret@db:5432/x") == "postgresql://u:***@db:5432/x"
     assert redact("sqlite:///a.db") == "sqlite:///a.db"
+
+
+def test_compare_a_study_front_with_latency_columns(family, table_path, tmp_path):
+    from dqsearch.compare import Study, run_study
+
+    config = _config(family, table_path, tmp_path, measure=False)
+    url = f"sqlite:///{tmp_path / 'front.db'}"
+    run_trials(create_study("front", url, config), config, 2)
+    toml = tmp_path / "cmp.toml"
+    toml.write_text(f'''
+name = "cmp"
+dataset = "{sample_images_dir()}"
+limit = 1
+family = {family!r}
+anchor = "FP32"
+output = "out"
+[latency]
+tables = ["{table_path}"]
+measure = ["sim-bitfusion"]
+input = "64x64"
+[[methods]]
+name = "FP32"
+kind = "fp32"
+[[methods]]
+name = "DQ front"
+kind = "study-front"
+study = "front"
+storage = "{url}"
+''')
+    rows = {r["method"]: r for r in run_study(Study.load(toml), progress=False)["rows"]}
+    fp, dq = rows["FP32"], rows["DQ front"]
+    assert fp["predicted_ms:sim-bitfusion"] > dq["predicted_ms:sim-bitfusion"]
+    assert dq["predicted_ms:sim-bitfusion"] <= config.target_ms
+    assert dq["measured_speedup:sim-bitfusion"] > 1 and fp["measured_speedup:sim-bitfusion"] == 1
+    assert "measured speedup (sim-bitfusion)" in (tmp_path / "out" / "summary.md").read_text()
