@@ -1,5 +1,6 @@
-"""Two worker processes share one PostgreSQL study; one is SIGKILLed mid-trial and its trial is
-retried: the study ends with exactly N finished trials, none lost or counted twice.
+"""Two worker processes share one study (SQLite file, PostgreSQL server); one is SIGKILLed
+mid-trial and its trial is retried: the study ends with exactly N finished trials, none lost or
+counted twice.
 
 A throw-away PostgreSQL cluster is started in a temp folder when the server binaries are installed
 (`.ci/run` installs Debian's postgresql); DQSEARCH_TEST_POSTGRES_URL points at an existing server.
@@ -74,7 +75,15 @@ def _worker(url: str, name: str, trials: int) -> subprocess.Popen:
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_killed_worker_trial_is_retried(postgres_url, family, table_path, tmp_path):  # noqa: F811
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'workers.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+def test_killed_worker_trial_is_retried(storage_url, family, table_path, tmp_path):  # noqa: F811
+    postgres_url = storage_url
     n = 4
     config: StudyConfig = _config(family, table_path, tmp_path, steps=40, measure=False,
                                   heartbeat_s=1, grace_s=4, max_retry=2)
