@@ -80,7 +80,8 @@ def load_image(path: str | Path, warn: bool = True) -> Tensor:
     except ImageError:
         raise
     except Image.DecompressionBombError:
-        raise ImageError(f"image {path} is larger than the {MAX_PIXELS // 2**20} MP this tool accepts") from None
+        limit = MAX_PIXELS // 2**20
+        raise ImageError(f"image {path} is larger than the {limit} MP this tool accepts") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{path} is not a readable image ({e})") from None
     if arr.shape[0] < 1 or arr.shape[1] < 1:

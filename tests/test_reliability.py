@@ -1,6 +1,7 @@
 """Reliability campaign (issue 8): hostile bitstreams and images, kills during checkpoint writes."""
 
 import io
+import itertools
 import os
 import random
 import signal
@@ -150,4 +151,4 @@ def test_sigkill_during_training_keeps_a_loadable_checkpoint_and_resumes(tmp_pat
         ck = load_checkpoint(out, with_train_state=True)  # never a half-written file
         steps_seen.append(ck.train_state["step"])
         assert ck.train_state["optimizer"]["state"], "optimizer state travels with the checkpoint"
-    assert all(b > a for a, b in zip(steps_seen, steps_seen[1:])), f"each run resumed: {steps_seen}"
+    assert all(b > a for a, b in itertools.pairwise(steps_seen)), f"each run resumed: {steps_seen}"
