@@ -175,8 +175,9 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .atomic import write_json
     from .data import list_images, sample_images_dir
-    from .evaluate import evaluate_checkpoint, results_json, write_json
+    from .evaluate import evaluate_checkpoint, results_json
     from .models import EMBEDDED_QUALITIES, load_checkpoint, resolve_checkpoint
 
     _set_threads(args.threads)
@@ -196,7 +197,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     dataset = args.dataset or "bundled sample images"
     out = results_json(name, points, args.description or f"{len(images)} images of {dataset}")
     if args.output:
-        write_json(out, args.output)
+        write_json(args.output, out)
         print(f"wrote {args.output}")
     return 0
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .atomic import write_bytes
 from .data import crop_padding, load_image, pad_to_multiple
 from .quant.wrap import FP32, dynamic_layers, get_profile, quantized_layers, set_profile
 
@@ -243,7 +244,7 @@ def decode(model: nn.Module, model_id: str, data: bytes) -> tuple[Tensor, Header
 
 def compress_file(model: nn.Module, model_id: str, image_path: str | Path, output: str | Path) -> Encoded:
     enc = encode(model, model_id, load_image(image_path))
-    _atomic_write(Path(output), enc.data)
+    write_bytes(output, enc.data)
     return enc
 
 
@@ -252,10 +253,3 @@ def decompress_file(model: nn.Module, model_id: str, path: str | Path) -> tuple[
     if not path.is_file():
         raise BitstreamError(f"{path} does not exist")
     return decode(model, model_id, path.read_bytes())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)

@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
+from .atomic import write_json
 from .data import CropSampler, list_images, repo_data_dir, sample_images_dir
-from .evaluate import evaluate_checkpoint, results_json, write_json
+from .evaluate import evaluate_checkpoint, results_json
 from .models import load_checkpoint, resolve_checkpoint, save_checkpoint
 from .quant.wrap import QuantPolicy, calibrate, weight_bytes, wrap
 from .report import csv_table, markdown_table, plot_bits_heatmap, plot_rd, summary_rows
@@ -274,12 +275,12 @@ def run_study(study: Study, only: list[str] | None = None, progress: bool = True
                 point = evaluate_checkpoint(ck, images, progress=progress)
                 profile = point["images"][0]["profile"] or None
                 point["size"] = weight_bytes(ck.model, profile)
-                write_json({"key": key, "point": point}, cache)
+                write_json(cache, {"key": key, "point": point})
             point["latency"] = latency_of_point(study, ck, point)
             points.append(point)
         results[method.name] = results_json(method.name, points,
                                             f"{study.name}: {method.name} on {study.dataset.name}")
-        write_json(results[method.name], res_path)
+        write_json(res_path, results[method.name])
     return write_report(study, results)
 
 
@@ -291,7 +292,7 @@ def write_report(study: Study, results: dict[str, dict]) -> dict[str, Any]:
         f"({study.bd_method}), {len(list_images(study.dataset)[: study.limit or None])} images of "
         f"`{study.dataset.name}`; bits are means over the RD points.\n\n" + markdown_table(rows))
     (out / "summary.csv").write_text(csv_table(rows))
-    write_json({"study": study.name, "anchor": study.anchor, "rows": rows}, out / "summary.json")
+    write_json(out / "summary.json", {"study": study.name, "anchor": study.anchor, "rows": rows})
     plot_rd(results, out / "rd.png", f"{study.name} ({study.dataset.name})")
     for name, res in results.items():
         pts = [p for p in res["points"] if p["images"] and p["images"][0]["profile"]]

@@ -144,14 +144,6 @@ def results_json(name: str, points: Sequence[dict[str, Any]], description: str =
     }
 
 
-def write_json(obj: Any, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, allow_nan=True) + "\n")
-    tmp.replace(path)
-
-
 # --- BD-rate ---------------------------------------------------------------------------------------
 def read_curve(path: str | Path, metric: str = "psnr-rgb") -> tuple[list[float], list[float]]:
     """(bpp, metric) lists from a CompressAI-format results JSON, with a clear error when unusable."""

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .atomic import write_json
 from .models import LoadedCheckpoint, build_model
 from .quant.wrap import FP32, LayerPolicy, QuantPolicy, calibrate, quantized_layers, set_profile, wrap
 from .train import rate_distortion
@@ -77,8 +78,7 @@ def sensitivities(ck: LoadedCheckpoint, bits: Sequence[int], batches: Sequence[t
             set_profile(model, {n: (b if n == name else FP32) for n in names}, allow_fp32=True)
             zeta[name][str(b)] = (_rd_loss(model, batches, lmbda) - base) / base
     out = Sensitivity(ck.model_id, bits, base, zeta)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(asdict(out), indent=1) + "\n")
+    write_json(path, asdict(out), indent=1)
     return out
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -28,6 +26,7 @@ from compressai.models import (
 )
 from compressai.models.base import CompressionModel
 
+from .atomic import atomic_write
 from .quant.wrap import QuantPolicy, wrap
 
 ARCHITECTURES: dict[str, type[CompressionModel]] = {
@@ -116,19 +115,8 @@ def state_dict_digest(state_dict: dict[str, torch.Tensor]) -> str:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: never a half file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save through an atomic write: a killed process never leaves half a checkpoint."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save_checkpoint(

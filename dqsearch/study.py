@@ -27,6 +27,7 @@ import torch
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from .atomic import write_json
 from .data import CropSampler, list_images, split_files
 from .evaluate import evaluate_image
 from .latency import LatencyTable
@@ -346,8 +347,7 @@ def fp32_curve(config: StudyConfig, cache: Path) -> tuple[list[float], list[floa
         pts.append((statistics.fmean(r.bpp for r in rows), statistics.fmean(r.psnr for r in rows)))
     pts.sort()
     out = {"key": key, "bpp": [p[0] for p in pts], "psnr": [p[1] for p in pts]}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(out, indent=2) + "\n")
+    write_json(cache, out)
     return out["bpp"], out["psnr"]
 
 
@@ -373,5 +373,5 @@ def write_study_report(study: optuna.Study, config: StudyConfig, output: Path) -
         trials = {t.number: t for t in study.get_trials(states=(TrialState.COMPLETE,))}
         profiles = {f"trial {r['trial']}": trials[r["trial"]].user_attrs["profile"] for r in front}
         plot_profiles(profiles, output / "front-bits.png", f"{title}: per-layer bits of the front")
-    (output / "summary.json").write_text(json.dumps(res, indent=2) + "\n")
+    write_json(output / "summary.json", res)
     return res

@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from dqsearch.atomic import write_json
 from dqsearch.codec import decode
 from dqsearch.evaluate import (
     bd_rate,
@@ -10,7 +11,6 @@ from dqsearch.evaluate import (
     evaluate_image,
     read_curve,
     results_json,
-    write_json,
 )
 from dqsearch.models import load_checkpoint
 
@@ -65,7 +65,7 @@ def test_results_json_is_compressai_format(tiny_quant_checkpoint, sample_paths, 
     assert len(point["images"]) == 2 and point["mean_layer_bits"]["g_a.0"] == 8
     out = results_json("tiny", [point, point], "test")
     path = tmp_path / "r.json"
-    write_json(out, path)
+    write_json(path, out)
     data = json.loads(path.read_text())
     assert data["name"] == "tiny"
     for key in ("psnr-rgb", "ms-ssim-rgb", "bpp", "encoding_time", "decoding_time"):
