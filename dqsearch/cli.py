@@ -107,6 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if output.exists() and not args.force:
             raise UsageError(f"{output} exists: pass --resume to continue it or --force to overwrite")
         config = TrainConfig(**overrides)
+        torch.manual_seed(config.seed)  # model initialisation is part of the reproducible run
         meta = {"command": "dqsearch " + shlex.join(args.argv) if args.record_command else None}
         if args.pretrained:
             model = pretrained_model(args.model, args.quality)
