@@ -159,3 +159,10 @@ storage = "{url}"
     assert dq["predicted_ms:sim-bitfusion"] <= config.target_ms
     assert dq["measured_speedup:sim-bitfusion"] > 1 and fp["measured_speedup:sim-bitfusion"] == 1
     assert "measured speedup (sim-bitfusion)" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_storage_password_never_printed(capsys):
+    url = "postgresql://dq:hunter2@127.0.0.1:1/nodb"  # nothing listens on port 1
+    assert main(["worker", "--study-name", "x", "--storage", url, "--trials", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot" in err and "hunter2" not in err and "dq:***@" in err
