@@ -8,7 +8,8 @@ from dqsearch.backends import inspect_backends, load_backend
 from dqsearch.backends.testing import BackendConformance
 
 # Fast settings for timed backends; analytical ones ignore what they do not take.
-OPTIONS = {"ort-cpu": {"threads": 1, "repeats": 5, "warmup": 2}}
+OPTIONS = {"ort-cpu": {"threads": 1, "repeats": 5, "warmup": 2, "min_seconds": 0.05, "context_repeats": 2,
+                       "context_random": 2}}
 LOADABLE = [i.name for i in inspect_backends() if i.ok]
 
 
