@@ -226,6 +226,9 @@ class LatencyTable:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
         try:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide shared tables from others
             with os.fdopen(fd, "w") as f:
                 json.dump(self.to_dict(), f, indent=1)
                 f.write("\n")

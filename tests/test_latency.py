@@ -175,3 +175,15 @@ def test_expected_latency_of_a_wrapped_model(table, small_image):
     e.mean().backward()
     grads = [p.grad for n, p in model.named_parameters() if "selector" in n]
     assert grads and any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_saved_tables_are_readable_by_others(table, tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        path = table.save(tmp_path / "shared.json")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
