@@ -187,3 +187,14 @@ def test_saved_tables_are_readable_by_others(table, tmp_path):
     finally:
         os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_bits_of_a_measured_container_share_its_time():
+    t = two_layer_table()
+    t.metadata["capabilities"] = {"4": "int8", "6": "int8", "8": "int8", "32": "fp32"}
+    with pytest.raises(LatencyTableError, match="measured bits are"):
+        t.predict({"a": 6, "b": 32})  # only where the backend says a container is one program
+    t.metadata["latency_by_container"] = True
+    assert t.predict({"a": 6, "b": 32}) == t.predict({"a": 8, "b": 32})
+    e = t.expected_latency({"a": torch.tensor([0.5, 0.5])}, [4, 32], fixed_bits={"b": 32})
+    assert float(e) == pytest.approx((t.predict({"a": 8, "b": 32}) + t.predict({"a": 32, "b": 32})) / 2)
