@@ -14,9 +14,14 @@ from pathlib import Path
 
 from dqsearch.latency import LatencyTable
 
+RANGES = {"int8": (2, 8), "int16": (9, 16), "fp32": (32, 32)}
+
 
 def representative(table: LatencyTable, container: str) -> int | None:
+    """The widest bit-width of the container (or of its bit range, on devices naming it otherwise)."""
     bits = [int(b) for b, c in table.containers.items() if c == container]
+    lo, hi = RANGES[container]
+    bits = bits or [int(b) for b in table.containers if lo <= int(b) <= hi]
     return max(bits) if bits else None
 
 

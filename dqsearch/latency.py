@@ -93,7 +93,7 @@ class LatencyTable:
 
     def time(self, layer: str, bits: int) -> float:
         try:
-            return self.layers[layer][bits].value(self.statistic)
+            return self.layers[layer][self._measured_bits(layer, bits)].value(self.statistic)
         except KeyError:
             if layer not in self.layers:
                 raise LatencyTableError(f"{self._where()}: no layer {layer!r}; it has "
@@ -101,8 +101,19 @@ class LatencyTable:
             raise LatencyTableError(f"{self._where()}: layer {layer} has no {bits}-bit entry; "
                                     f"measured bits are {self.bits(layer)}") from None
 
+    def _measured_bits(self, layer: str, bits: int) -> int:
+        """`bits` itself, or — on a backend where a container's bit-widths run the same program
+        (`latency_by_container`) — a measured bit-width of the same container."""
+        per = self.layers.get(layer, {})
+        if bits in per or not self.metadata.get("latency_by_container"):
+            return bits
+        caps = self.metadata.get("capabilities", {})
+        c = caps.get(str(bits))
+        same = [b for b in per if c is not None and caps.get(str(b)) == c]
+        return same[0] if same else bits
+
     def container(self, bits: int) -> str:
-        c = self.containers
+        c = {**{int(b): v for b, v in self.metadata.get("capabilities", {}).items()}, **self.containers}
         if bits not in c:
             raise LatencyTableError(f"{self._where()}: no container known for {bits} bits; "
                                     f"metadata.containers covers {sorted(c)}")
@@ -226,6 +237,9 @@ class LatencyTable:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
         try:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide shared tables from others
             with os.fdopen(fd, "w") as f:
                 json.dump(self.to_dict(), f, indent=1)
                 f.write("\n")

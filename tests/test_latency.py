@@ -171,7 +171,30 @@ def test_expected_latency_of_a_wrapped_model(table, small_image):
     assert e.requires_grad and torch.isfinite(e).all()
     lo = table.predict({n: 4 if n not in ("g_a.0", "g_s.6") else 32 for n in table.layer_names})
     hi = table.predict({n: 8 if n not in ("g_a.0", "g_s.6") else 32 for n in table.layer_names})
-    assert lo - 1e-6 <= float(e.mean()) <= hi + 1e-6
+    assert lo - 1e-6 <= float(e.detach().mean()) <= hi + 1e-6
     e.mean().backward()
     grads = [p.grad for n, p in model.named_parameters() if "selector" in n]
     assert grads and any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_saved_tables_are_readable_by_others(table, tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        path = table.save(tmp_path / "shared.json")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_bits_of_a_measured_container_share_its_time():
+    t = two_layer_table()
+    t.metadata["capabilities"] = {"4": "int8", "6": "int8", "8": "int8", "32": "fp32"}
+    with pytest.raises(LatencyTableError, match="measured bits are"):
+        t.predict({"a": 6, "b": 32})  # only where the backend says a container is one program
+    t.metadata["latency_by_container"] = True
+    assert t.predict({"a": 6, "b": 32}) == t.predict({"a": 8, "b": 32})
+    e = t.expected_latency({"a": torch.tensor([0.5, 0.5])}, [4, 32], fixed_bits={"b": 32})
+    assert float(e) == pytest.approx((t.predict({"a": 8, "b": 32}) + t.predict({"a": 32, "b": 32})) / 2)

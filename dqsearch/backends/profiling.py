@@ -65,6 +65,7 @@ def profile_table(
         "backend": backend.name, **backend.metadata(), "input_shape": list(trace.input_shape),
         "model": dict(model_info or {}), "bits": bits,
         "containers": {str(b): backend.container(b) for b in bits},
+        "capabilities": {str(b): c for b, c in sorted(backend.capabilities().items())},
         "latency_by_container": backend.latency_by_container, "statistic": "median",
         "dqsearch": __version__, "host": platform.node(), "command": command,
     }
@@ -76,6 +77,8 @@ def profile_table(
         meta["containers"] = {**table.metadata.get("containers", {}), **meta["containers"]}
         meta["profiling_seconds"] = table.metadata.get("profiling_seconds", 0.0)
         meta["date"] = table.metadata.get("date")
+        meta["resumed_by"] = [*table.metadata.get("resumed_by", []), command]  # provenance
+        meta["command"] = table.metadata.get("command")
         table.metadata.update(meta)
     elif output.exists():
         raise LatencyTableError(f"{output} exists: pass --resume to complete it or --force to start over")

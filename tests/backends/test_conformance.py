@@ -1,6 +1,12 @@
-"""The conformance suite against every installed backend (entry points that load here)."""
+"""The conformance suite against every installed backend (entry points that load here).
+
+DQSEARCH_TEST_BACKENDS=sim-npu,ort-cpu restricts it to those (slow plugins, e.g. a TVM backend
+that compiles every layer, add minutes).
+"""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -8,8 +14,10 @@ from dqsearch.backends import inspect_backends, load_backend
 from dqsearch.backends.testing import BackendConformance
 
 # Fast settings for timed backends; analytical ones ignore what they do not take.
-OPTIONS = {"ort-cpu": {"threads": 1, "repeats": 5, "warmup": 2}}
-LOADABLE = [i.name for i in inspect_backends() if i.ok]
+OPTIONS = {"ort-cpu": {"threads": 1, "repeats": 5, "warmup": 2, "min_seconds": 0.05, "context_repeats": 2,
+                       "context_random": 2}}
+ONLY = {n for n in os.environ.get("DQSEARCH_TEST_BACKENDS", "").split(",") if n}
+LOADABLE = [i.name for i in inspect_backends() if i.ok and (not ONLY or i.name in ONLY)]
 
 
 class TestInstalledBackends(BackendConformance):

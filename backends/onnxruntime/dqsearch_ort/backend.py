@@ -116,8 +116,9 @@ class OrtBackend(Backend):
         self.container(bits)
         import torch
 
-        torch.manual_seed(self.seed)
-        module = spec.module()
+        with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
+            torch.manual_seed(self.seed)
+            module = spec.module()
         fp32 = export.export(module, spec.input_shape, self.seed)
         node = next(n.name for n in fp32.graph.node if n.op_type in export.CONV_OPS)
         feeds = {"x": np.random.default_rng(self.seed).standard_normal(spec.input_shape).astype(np.float32)}
