@@ -19,6 +19,9 @@ def atomic_write(path: str | Path, write: Callable[[IO], None], binary: bool = T
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide shared files from other users
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .atomic import write_json
 from .backends.base import LayerSpec, Measurement
 
 FORMAT = "dqsearch-latency-table"
@@ -233,24 +232,8 @@ class LatencyTable:
 
     def save(self, path: str | Path | None = None) -> Path:
         """Write atomically (temporary file in the same folder, fsync, rename): never half a table."""
-        path = Path(path or self.path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide shared tables from others
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=1)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        self.path = path
-        return path
+        self.path = write_json(path or self.path, self.to_dict(), indent=1)
+        return self.path
 
     @classmethod
     def load(cls, path: str | Path) -> LatencyTable:
