@@ -49,6 +49,8 @@ DEFAULT_ARGS: dict[str, dict[str, int]] = {
     "elic2022-official": {"N": 192, "M": 320},
 }
 CHECKPOINT_FORMAT = 1
+# Entropy-coder tables that `update()` derives from the weights; compact checkpoints omit them.
+DERIVED_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length")
 EMBEDDED_QUALITIES = (1, 2, 3, 4)
 DEFAULT_EMBEDDED_QUALITY = 3
 
@@ -107,7 +109,7 @@ def state_dict_digest(state_dict: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for key in sorted(state_dict):
         t = state_dict[key]
-        if key.endswith(("_quantized_cdf", "_offset", "_cdf_length")):
+        if key.endswith(DERIVED_BUFFERS):
             continue  # derived by update(); identical weights must give identical ids
         h.update(key.encode())
         h.update(t.detach().cpu().contiguous().float().numpy().tobytes())
@@ -129,10 +131,12 @@ def save_checkpoint(
     train_state: dict[str, Any] | None = None,
     half: bool = False,
 ) -> str:
-    """Save atomically; returns the model id. `half` stores float weights as fp16 (bundled models)."""
+    """Save atomically; returns the model id. `half` makes a compact file (bundled models): float
+    weights in fp16 and without the entropy-coder tables, which loading recomputes."""
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if half:
-        sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
+        sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()
+              if not k.endswith(DERIVED_BUFFERS)}
     model_id = state_dict_digest(sd)
     atomic_torch_save(
         {
@@ -173,7 +177,16 @@ def load_checkpoint(path: str | Path, with_train_state: bool = False) -> LoadedC
         if policy is not None:
             wrap(model, policy)
         sd = {k: v.float() if v.is_floating_point() else v for k, v in raw["state_dict"].items()}
-        model.load_state_dict(sd)
+        if any(k.endswith(DERIVED_BUFFERS) for k in sd):
+            model.load_state_dict(sd)
+        else:  # a compact checkpoint: everything but the derived tables must be there
+            for name, buf in model.named_buffers():  # CompressAI sizes entropy buffers lazily
+                if name in sd and buf.numel() == 0 and sd[name].numel() > 0:
+                    buf.resize_(sd[name].shape)
+            missing, unexpected = torch.nn.Module.load_state_dict(model, sd, strict=False)
+            missing = [k for k in missing if not k.endswith(DERIVED_BUFFERS)]
+            if missing or unexpected:
+                raise RuntimeError(f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
     except (ValueError, RuntimeError, KeyError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path} does not fit its declared model: {e}") from None
     model.update(force=True)  # entropy-coder tables; recomputed so fp16 files give valid CDFs
