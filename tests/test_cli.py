@@ -71,3 +71,14 @@ def test_corrupt_bitstream_is_refused(fp32_ckpt, tmp_path, capsys):
     bad.write_bytes(b"DQSB\x01garbage")
     assert main(["decompress", str(bad), "-o", str(tmp_path / "o.png"), "--checkpoint", str(fp32_ckpt)]) == 2
     assert "corrupted" in capsys.readouterr().err
+
+
+def test_default_model_round_trip_finds_the_embedded_checkpoint(tmp_path, capsys):
+    img = sample_images_dir() / "astronaut.png"
+    bits = tmp_path / "a.dqs"
+    assert main(["compress", str(img), "-o", str(bits), "--threads", "1"]) == 0
+    assert main(["decompress", str(bits), "-o", str(tmp_path / "a.png"), "--threads", "1"]) == 0
+    from dqsearch.data import load_image
+    from dqsearch.evaluate import psnr
+
+    assert psnr(load_image(img), load_image(tmp_path / "a.png")) > 24

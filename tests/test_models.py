@@ -81,3 +81,18 @@ def test_pretrained_offline_names_the_fix(monkeypatch):
     monkeypatch.setattr(zp, "load_state_dict_from_url", offline, raising=False)
     with pytest.raises(RuntimeError, match="--checkpoint PATH"):
         pretrained_model("bmshj2018-hyperprior", 3)
+
+
+def test_embedded_family_is_complete_and_usable():
+    from dqsearch.models import embedded_checkpoint, embedded_dir, embedded_manifest
+
+    entries = embedded_manifest()["models"]
+    assert [e["quality"] for e in entries] == sorted(e["quality"] for e in entries)
+    lambdas = [e["lmbda"] for e in entries]
+    assert lambdas == sorted(lambdas), "quality rises with λ"
+    for e in entries:
+        path = embedded_checkpoint(e["quality"])
+        assert path.parent == embedded_dir() and path.stat().st_size <= 3 * 2**20
+        ck = load_checkpoint(path)
+        assert ck.policy is None and ck.model_id == e["model_id"] and ck.meta["lmbda"] == e["lmbda"]
+        assert e["commands"] and all(c.startswith("dqsearch train") for c in e["commands"])
