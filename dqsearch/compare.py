@@ -29,6 +29,9 @@ from .train import RunSpec, TrainConfig, train
 METHOD_KINDS = ("fp32", "ptq", "qat", "fmpq", "study-front")
 _POLICY_KEYS = set(QuantPolicy.__dataclass_fields__) - {"overrides"}
 _TRAIN_KEYS = set(TrainConfig.__dataclass_fields__)
+# study-front: the study to read, and (optionally) how to run it when it is missing or unfinished
+_FRONT_KEYS = {"study", "storage", "backend", "target_latency", "trials", "steps", "eta_range",
+               "gamma_range", "bit_sets", "val_limit", "selector", "latency_form"}
 
 
 class StudyError(ValueError):
@@ -104,18 +107,19 @@ class Study:
                 raise StudyError(f"{path}: method {m['name']!r} has kind {kind!r}; use one of {METHOD_KINDS}")
             pol_fields = {k: v for k, v in m.items() if k in _POLICY_KEYS}
             extra = set(m) - _POLICY_KEYS - _TRAIN_KEYS - {"name", "kind", "candidates", "target_size",
-                                                           "target_latency", "latency_table", "study",
-                                                           "storage"}
+                                                           "target_latency", "latency_table"} - _FRONT_KEYS
             if extra:
                 raise StudyError(f"{path}: method {m['name']!r} has unknown fields {sorted(extra)}")
             policy = None
             if kind == "study-front":
                 if "study" not in m:
                     raise StudyError(f"{path}: method {m['name']!r} of kind study-front needs 'study'")
-                storage = m.get("storage") or f"sqlite:///{where(None, root / 'studies')}"
+                cache = where(raw.get("cache") or raw.get("output"), root / raw["name"])
+                storage = m.get("storage") or f"sqlite:///{cache / 'studies' / (m['study'] + '.db')}"
                 if str(storage).startswith("sqlite:///") and not str(storage).startswith("sqlite:////"):
                     storage = "sqlite:///" + str(where(str(storage)[len("sqlite:///"):], root))
-                methods.append(Method(m["name"], kind, None, {}, {"study": m["study"], "storage": storage}))
+                opts = {k: m[k] for k in _FRONT_KEYS if k in m}
+                methods.append(Method(m["name"], kind, None, {}, {**opts, "storage": storage}))
                 continue
             if kind == "fmpq":
                 fm = {k: m[k] for k in ("target_size", "target_latency", "latency_table") if k in m}
@@ -210,6 +214,8 @@ def method_checkpoints(study: Study, method: Method, progress: bool) -> list[Pat
                 for spec in study.family]
     from .study import load_study, summary
 
+    if "target_latency" in method.options:
+        _run_front_study(study, method, progress)
     opt, config = load_study(method.options["study"], method.options["storage"])
     front = sorted(summary(opt, config)["front"], key=lambda r: r["bpp"])
     if not front:
@@ -223,6 +229,33 @@ def method_checkpoints(study: Study, method: Method, progress: bool) -> list[Pat
             export_trial(opt, row["trial"], out)
         paths.append(out)
     return paths
+
+
+def _run_front_study(study: Study, method: Method, progress: bool) -> None:
+    """Create (or resume) the latency study behind a study-front method, up to its trial count."""
+    from .latency import LatencyTable
+    from .latency_term import parse_latency
+    from .study import StudyConfig, create_study, run_trials
+
+    o = method.options
+    backend = o.get("backend")
+    tables = [p for p in study.latency_tables if LatencyTable.load(p).metadata.get("backend") == backend]
+    if not tables:
+        raise StudyError(f"method {method.name!r}: list a {backend} table under [latency] tables")
+    train = {**study.train, **method.train}
+    config = StudyConfig(
+        family=[str(_family_checkpoint(study, s)) if not s.startswith("embedded:") else s
+                for s in study.family],
+        latency_table=str(tables[0]), target_ms=parse_latency(o["target_latency"]),
+        train_data=str(study.train_data), trial_dir=str(study.cache / "trials" / o["study"]),
+        backend=backend, steps=int(o.get("steps", train.get("steps", 300))),
+        batch_size=int(train.get("batch_size", 8)), crop=int(train.get("crop", 128)),
+        lr=float(train.get("lr", 1e-5)), val_limit=int(o.get("val_limit", 5)),
+        bit_sets=o.get("bit_sets", [[4, 6, 8], [6, 8, 10], [4, 8, 16]]),
+        gamma=tuple(o.get("gamma_range", (1e-3, 0.5))), eta=tuple(o.get("eta_range", (0.01, 10.0))),
+        selector=o.get("selector", "global"), latency_form=o.get("latency_form", "hinge"),
+        compile=bool(train.get("compile", False)))
+    run_trials(create_study(o["study"], o["storage"], config), config, int(o.get("trials", 8)), progress)
 
 
 _backends: dict[str, Any] = {}
