@@ -118,6 +118,8 @@ def default_storage(output: Path, name: str) -> str:
 
 def make_storage(url: str, heartbeat_s: int = 60, grace_s: int = 180, max_retry: int = 2) -> RDBStorage:
     """RDB storage (SQLite or PostgreSQL) with heartbeats and retry of stale trials."""
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     try:
         return RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=grace_s,
                           failed_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry))

@@ -126,12 +126,11 @@ def test_passwords_never_shown():
     assert redact("sqlite:///a.db") == "sqlite:///a.db"
 
 
-def test_compare_a_study_front_with_latency_columns(family, table_path, tmp_path):
+def test_compare_runs_a_study_front_with_latency_columns(family, table_path, tmp_path):
+    """One command: compare creates the latency study, runs its trials, evaluates its front."""
     from dqsearch.compare import Study, run_study
 
-    config = _config(family, table_path, tmp_path, measure=False)
-    url = f"sqlite:///{tmp_path / 'front.db'}"
-    run_trials(create_study("front", url, config), config, 2)
+    target = LatencyTable.load(table_path).predict({n: 8 for n in LatencyTable.load(table_path).layer_names})
     toml = tmp_path / "cmp.toml"
     toml.write_text(f'''
 name = "cmp"
@@ -140,6 +139,11 @@ limit = 1
 family = {family!r}
 anchor = "FP32"
 output = "out"
+[train]
+data = "{sample_images_dir()}"
+batch_size = 2
+crop = 64
+calibration_batches = 1
 [latency]
 tables = ["{table_path}"]
 measure = ["sim-bitfusion"]
@@ -151,14 +155,20 @@ kind = "fp32"
 name = "DQ front"
 kind = "study-front"
 study = "front"
-storage = "{url}"
+backend = "sim-bitfusion"
+target_latency = "{target}ms"
+trials = 2
+steps = 2
+val_limit = 1
+bit_sets = [[4, 8]]
 ''')
     rows = {r["method"]: r for r in run_study(Study.load(toml), progress=False)["rows"]}
     fp, dq = rows["FP32"], rows["DQ front"]
     assert fp["predicted_ms:sim-bitfusion"] > dq["predicted_ms:sim-bitfusion"]
-    assert dq["predicted_ms:sim-bitfusion"] <= config.target_ms
+    assert dq["predicted_ms:sim-bitfusion"] <= target
     assert dq["measured_speedup:sim-bitfusion"] > 1 and fp["measured_speedup:sim-bitfusion"] == 1
     assert "measured speedup (sim-bitfusion)" in (tmp_path / "out" / "summary.md").read_text()
+    assert (tmp_path / "out" / "studies" / "front.db").exists()
 
 
 def test_storage_password_never_printed(capsys):
