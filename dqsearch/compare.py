@@ -9,6 +9,7 @@ and an interrupted QAT run resumes.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import re
 import tomllib
@@ -161,10 +162,17 @@ def _family_checkpoint(study: Study, spec: str) -> Path:
 
 def method_checkpoint(study: Study, method: Method, base: Path, progress: bool) -> Path:
     """The checkpoint of `method` derived from FP32 `base`: itself, PTQ-calibrated, or QAT-trained
-    (resuming an interrupted run)."""
+    (resuming an interrupted run). A lock file serialises studies that share a cache."""
     if method.kind == "fp32":
         return base
     out = study.cache / "checkpoints" / method.slug / f"{base.stem}.pt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_name(out.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if we are killed
+        return _method_checkpoint(study, method, base, out, progress)
+
+
+def _method_checkpoint(study: Study, method: Method, base: Path, out: Path, progress: bool) -> Path:
     resumed = load_checkpoint(out, with_train_state=True) if out.exists() else None
     if resumed is not None and resumed.meta.get("finished"):
         return out
