@@ -15,6 +15,8 @@ import json
 import math
 import shutil
 import statistics
+import sys
+import time
 import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
@@ -23,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import optuna
+import sqlalchemy.exc
 import torch
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
@@ -37,6 +40,7 @@ from .quant.wrap import QuantPolicy, wrap
 from .train import RunSpec, TrainConfig, train
 
 CONFIG_ATTR = "dqsearch_config"
+STORAGE_RETRIES = 8
 # Heartbeats and the stale-trial retry are what make workers restartable; Optuna still tags them
 # "experimental", which is not news to our users on every trial.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -120,8 +124,10 @@ def make_storage(url: str, heartbeat_s: int = 60, grace_s: int = 180, max_retry:
     """RDB storage (SQLite or PostgreSQL) with heartbeats and retry of stale trials."""
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    # pool_pre_ping replaces connections a database restart has killed instead of failing on them
+    engine = {} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
-        return RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=grace_s,
+        return RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=grace_s, engine_kwargs=engine,
                           failed_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry))
     except Exception as e:  # bad URL, driver missing, server down
         raise StudyError(f"cannot open study storage {redact(url)}: {type(e).__name__}: "
@@ -288,8 +294,20 @@ def run_trials(study: optuna.Study, config: StudyConfig, n_trials: int, progress
     if before >= n_trials:
         return 0
     stop = optuna.study.MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED))
-    study.optimize(objective, n_trials=None, callbacks=[stop], catch=(FloatingPointError,),
-                   gc_after_trial=True)
+    for attempt in range(STORAGE_RETRIES + 1):
+        try:
+            study.optimize(objective, n_trials=None, callbacks=[stop], catch=(FloatingPointError,),
+                           gc_after_trial=True)
+            break
+        except sqlalchemy.exc.OperationalError as e:  # the database went away (restart, network)
+            if attempt == STORAGE_RETRIES:
+                raise StudyError(f"lost the study storage {STORAGE_RETRIES + 1} times; giving up: "
+                                 f"{type(e.orig).__name__}") from None
+            wait = min(60, 2 ** attempt)
+            print(f"study storage unreachable ({type(e.orig).__name__}); retrying in {wait} s "
+                  f"({attempt + 1}/{STORAGE_RETRIES}); an interrupted trial is retried after its "
+                  "heartbeat goes stale", file=sys.stderr)
+            time.sleep(wait)
     return done() - before
 
 

@@ -152,3 +152,42 @@ def test_sigkill_during_training_keeps_a_loadable_checkpoint_and_resumes(tmp_pat
         steps_seen.append(ck.train_state["step"])
         assert ck.train_state["optimizer"]["state"], "optimizer state travels with the checkpoint"
     assert all(b > a for a, b in itertools.pairwise(steps_seen)), f"each run resumed: {steps_seen}"
+
+
+def _measured(table: dict) -> int:
+    return sum(len(e.get("isolated", {})) + len(e.get("latency", {})) for e in table.get("layers", {}).values())
+
+
+def test_sigkill_during_profiling_then_resume(tmp_path):
+    """Kill `dqsearch profile` mid-table: what was measured stays, --resume completes the table
+    with the same keys as an uninterrupted run and without re-measuring the saved entries."""
+    import json
+
+    pytest.importorskip("dqsearch_ort")
+    base = [sys.executable, "-m", "dqsearch.cli", "profile", "--backend", "ort-cpu", "--threads", "1",
+            "--model", "bmshj2018-hyperprior", "--N", "16", "--M", "24", "--input", "64x64",
+            "--no-progress", "--option", "repeats=3", "--option", "warmup=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    full, cut = tmp_path / "full.json", tmp_path / "cut.json"
+    subprocess.run([*base, "-o", str(full)], env=env, check=True, capture_output=True)
+    proc = subprocess.Popen([*base, "-o", str(cut)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if cut.exists() and _measured(json.loads(cut.read_text())) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = json.loads(cut.read_text())  # written atomically: always parseable
+    assert not saved.get("complete"), "killed before the end"
+    subprocess.run([*base, "-o", str(cut), "--resume"], env=env, check=True, capture_output=True)
+    done, ref = json.loads(cut.read_text()), json.loads(full.read_text())
+    assert done["complete"] and set(done["layers"]) == set(ref["layers"])
+    kept = 0
+    for layer, entry in saved["layers"].items():
+        for kind in ("isolated", "latency"):
+            for bits, m in entry.get(kind, {}).items():
+                assert done["layers"][layer][kind][bits] == m, "measured entries are kept, not re-measured"
+                kept += 1
+    assert kept >= 3

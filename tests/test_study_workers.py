@@ -37,10 +37,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class _Server:
+    """A throw-away cluster: its URL, and a restart for the outage test."""
+
+    def __init__(self, url: str, restart=None):
+        self.url, self.restart = url, restart
+
+
 @pytest.fixture(scope="module")
-def postgres_url():
+def postgres_server():
     if os.environ.get("DQSEARCH_TEST_POSTGRES_URL"):
-        yield os.environ["DQSEARCH_TEST_POSTGRES_URL"]
+        yield _Server(os.environ["DQSEARCH_TEST_POSTGRES_URL"])
         return
     bindir = _pg_bin()
     if bindir is None:
@@ -60,8 +67,14 @@ def postgres_url():
     subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(data.parent / "log"),
                     "-o", f"-p {port} -k {sock} -c listen_addresses=127.0.0.1", "start"],
                    check=True, capture_output=True)
+    opts = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1"
+
+    def restart() -> None:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-m", "fast",
+                        "-l", str(root / "log"), "-o", opts, "restart"], check=True, capture_output=True)
+
     try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        yield _Server(f"postgresql://postgres@127.0.0.1:{port}/postgres", restart)
     finally:
         subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
                        capture_output=True)
@@ -79,7 +92,7 @@ def _worker(url: str, name: str, trials: int) -> subprocess.Popen:
 def storage_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'workers.db'}"
-    return request.getfixturevalue("postgres_url")
+    return request.getfixturevalue("postgres_server").url
 
 
 def test_killed_worker_trial_is_retried(storage_url, family, table_path, tmp_path):  # noqa: F811
@@ -109,3 +122,26 @@ def test_killed_worker_trial_is_retried(storage_url, family, table_path, tmp_pat
     assert failed[0].number in retried, "its parameters came back as a retry and finished"
     assert len({t.number for t in complete}) == n
     optuna.delete_study(study_name=name, storage=postgres_url)
+
+
+def test_postgres_restart_during_a_study_is_survived(postgres_server, family, table_path, tmp_path):  # noqa: F811
+    if postgres_server.restart is None:
+        pytest.skip("the server behind DQSEARCH_TEST_POSTGRES_URL is not ours to restart")
+    url, n = postgres_server.url, 3
+    config = _config(family, table_path, tmp_path, steps=40, measure=False, heartbeat_s=1, grace_s=4)
+    name = f"restart-{os.getpid()}-{time.time_ns()}"
+    create_study(name, url, config)
+    worker = _worker(url, name, n)
+    study, _ = load_study(name, url)
+    deadline = time.time() + 300
+    while time.time() < deadline and not study.get_trials(states=(TrialState.COMPLETE,)):
+        time.sleep(0.3)
+    time.sleep(0.5)  # the next trial is under way
+    postgres_server.restart()
+    out, _ = worker.communicate(timeout=600)
+    assert worker.returncode == 0, out
+    study, _ = load_study(name, url)
+    trials = study.get_trials()
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == n, [(t.number, t.state) for t in trials]
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    optuna.delete_study(study_name=name, storage=url)
