@@ -155,7 +155,8 @@ def test_sigkill_during_training_keeps_a_loadable_checkpoint_and_resumes(tmp_pat
 
 
 def _measured(table: dict) -> int:
-    return sum(len(e.get("isolated", {})) + len(e.get("latency", {})) for e in table.get("layers", {}).values())
+    layers = table.get("layers", {}).values()
+    return sum(len(e.get("isolated", {})) + len(e.get("latency", {})) for e in layers)
 
 
 def test_sigkill_during_profiling_then_resume(tmp_path):

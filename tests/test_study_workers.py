@@ -142,6 +142,7 @@ def test_postgres_restart_during_a_study_is_survived(postgres_server, family, ta
     assert worker.returncode == 0, out
     study, _ = load_study(name, url)
     trials = study.get_trials()
-    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == n, [(t.number, t.state) for t in trials]
+    states = [(t.number, t.state) for t in trials]
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == n, states
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     optuna.delete_study(study_name=name, storage=url)
