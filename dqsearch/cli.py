@@ -79,6 +79,24 @@ def _set_threads(n: int | None) -> None:
 
 
 # --- commands -----------------------------------------------------------------------------------
+def _latency_terms(args: argparse.Namespace, model) -> list:
+    """η·L_lat from --latency-table/--target-latency/--latency-weight, checked against the model."""
+    given = [args.latency_table, args.target_latency, args.latency_weight]
+    if not any(v is not None for v in given):
+        return []
+    if not all(v is not None for v in given):
+        raise UsageError("the latency term needs --latency-table, --target-latency and --latency-weight")
+    from .latency import LatencyTable
+    from .latency_term import LatencyTerm, check_table_matches, parse_latency
+    from .quant.wrap import dynamic_layers
+
+    if not dynamic_layers(model):
+        raise UsageError("the latency term needs selectors to steer: add --candidates (a DQ model)")
+    table = LatencyTable.load(args.latency_table)
+    check_table_matches(table, model)
+    return [LatencyTerm(table, parse_latency(args.target_latency), args.latency_weight, args.latency_form)]
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .data import CropSampler, default_train_dir, list_images
     from .models import build_model, load_checkpoint, pretrained_model, resolve_checkpoint
@@ -128,7 +146,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             spec.policy = policy
     data = Path(args.data) if args.data else default_train_dir()
     sampler = CropSampler(list_images(data), config.crop)
-    last = train(model, spec, sampler, config, output, train_state, progress=not args.no_progress)
+    terms = _latency_terms(args, model)
+    last = train(model, spec, sampler, config, output, train_state, terms, progress=not args.no_progress)
     print(f"wrote {output}: step {last.get('step')}, bpp {last.get('bpp', 0):.3f}, "
           f"PSNR {last.get('psnr', 0):.2f} dB")
     return 0
@@ -285,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aux-lr", type=float)
     p.add_argument("--quant-lr", type=float, help="learning rate of quantizer scales")
     p.add_argument("--gamma", type=float, help="weight γ of the average-bit-width loss")
+    p.add_argument("--latency-table", help="latency table of the target device (adds η·L_lat)")
+    p.add_argument("--target-latency", help="latency budget for L_lat, e.g. 20ms")
+    p.add_argument("--latency-weight", type=float, help="η, the weight of L_lat")
+    p.add_argument("--latency-form", choices=["hinge", "linear"], default="hinge",
+                   help="hinge: max(0, E[T]/T - 1); linear: E[T]/T")
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu or cuda")

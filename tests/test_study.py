@@ -176,3 +176,18 @@ def test_storage_password_never_printed(capsys):
     assert main(["worker", "--study-name", "x", "--storage", url, "--trials", "1"]) == 2
     err = capsys.readouterr().err
     assert "cannot" in err and "hunter2" not in err and "dq:***@" in err
+
+
+def test_train_cli_latency_term(family, table_path, tmp_path, capsys):
+    out = str(tmp_path / "lat.pt")
+    common = ["train", "--checkpoint", family[0], "--steps", "2", "--batch-size", "2", "--crop", "64",
+              "--data", str(sample_images_dir()), "--threads", "1", "--no-progress", "-o", out]
+    assert main([*common, "--candidates", "4,8", "--latency-table", str(table_path),
+                 "--target-latency", "1ms", "--latency-weight", "1.0"]) == 0
+    log = (tmp_path / "lat.pt.log.jsonl").read_text()
+    assert '"latency"' in log
+    assert main([*common, "--force", "--bits", "8", "--latency-table", str(table_path),
+                 "--target-latency", "1ms", "--latency-weight", "1.0"]) == 2
+    assert "--candidates" in capsys.readouterr().err
+    assert main([*common, "--force", "--candidates", "4,8", "--target-latency", "1ms"]) == 2
+    assert "needs --latency-table" in capsys.readouterr().err
