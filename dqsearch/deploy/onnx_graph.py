@@ -203,3 +203,49 @@ def quantize_graph(model: onnx.ModelProto, convs: Mapping[str, tuple[str, LayerQ
     del g.initializer[:]
     g.initializer.extend(keep)
     return out
+
+
+def shuffles_in_uint8(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Q → DQ → DepthToSpace becomes Q → DepthToSpace → DQ: the sub-pixel interleave moves bytes
+    instead of floats (a per-tensor quantization commutes with a permutation, so it is exact)."""
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, int] = {}
+    for n in g.node:
+        for t in n.input:
+            consumers[t] = consumers.get(t, 0) + 1
+    scalars = {i.name for i in g.initializer if len(i.dims) == 0}
+    for d2s in g.node:
+        if d2s.op_type != "DepthToSpace":
+            continue
+        dq = producer.get(d2s.input[0])
+        if dq is None or dq.op_type != "DequantizeLinear" or consumers.get(dq.output[0]) != 1:
+            continue
+        if dq.input[1] not in scalars:  # per-channel scales do not survive the interleave
+            continue
+        q_out, shuffled = dq.input[0], d2s.output[0]
+        d2s.input[0] = q_out
+        d2s.output[0] = f"{shuffled}@u8"
+        dq.input[0] = f"{shuffled}@u8"
+        dq.output[0] = shuffled
+    return _toposort(model)
+
+
+def _toposort(model: onnx.ModelProto) -> onnx.ModelProto:
+    g = model.graph
+    ready = {i.name for i in g.input} | {i.name for i in g.initializer} | {""}
+    pending, ordered = list(g.node), []
+    while pending:
+        rest = []
+        for n in pending:
+            if all(t in ready for t in n.input):
+                ordered.append(n)
+                ready.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            raise RuntimeError("graph has a cycle after rewriting")
+        pending = rest
+    del g.node[:]
+    g.node.extend(ordered)
+    return model
