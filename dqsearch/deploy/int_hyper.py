@@ -158,7 +158,7 @@ class IntegerHyperSynthesis:
         for i, (m, z) in enumerate(zip(self.multipliers, self.next_zero, strict=True)):
             arrays |= {f"{i}.mult": m, f"{i}.next_zero": z}
         with open(path, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez_compressed(f, **arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> IntegerHyperSynthesis:

@@ -91,10 +91,15 @@ def _exact(b: _Builder, lq: LayerQuant, x: str, conv: onnx.NodeProto) -> list[st
     xs = b.init("x.scale", lq.x_scale.astype(np.float32))
     xz = b.init("x.zero", lq.x_zero.astype(adt))
     q = b.node("QuantizeLinear", [x, xs, xz], "x.q", axis=1)
-    if lq.bits < width:
-        q = b.node("Clip", [q, b.init("x.min", np.array(0, adt)), b.init("x.max", np.array(lq.qmax, adt))],
-                   "x.clip")
     xd = b.node("DequantizeLinear", [q, xs, xz], "x.dq", axis=1)
+    if lq.bits < width:  # clip to [0, 2^b - 1] inside the container, on the dequantized values:
+        # the bounds (0 - z) s and (2^b - 1 - z) s are the same float32 products DQ computes, so
+        # this is exact (ONNX Runtime has no Clip for uint16)
+        shape = (1, -1, 1, 1)
+        lo = (np.float32(0) - lq.x_zero.astype(np.float32)) * lq.x_scale.astype(np.float32)
+        hi = (np.float32(lq.qmax) - lq.x_zero.astype(np.float32)) * lq.x_scale.astype(np.float32)
+        xd = b.node("Max", [xd, b.init("x.lo", lo.reshape(shape))], "x.max")
+        xd = b.node("Min", [xd, b.init("x.hi", hi.reshape(shape))], "x.min")
     ws = b.init("w.scale", lq.w_scale.astype(np.float32))
     wz = b.init("w.zero", lq.w_zero.astype(adt))
     wd = b.node("DequantizeLinear", [b.init("w.q", lq.w_int.astype(adt)), ws, wz], "w.dq",
