@@ -70,7 +70,7 @@ def cmd_compress_runtime(args: argparse.Namespace) -> int:
 
     enc, info = compress_file(args.runtime, args.image, args.output, args.threads or 1)
     times = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in info["times"].items())
-    misses = [e for e in info["events"] if e["cache"] == "miss"]
+    misses = [e for e in info["events"] if e.get("cache") == "miss"]
     miss = f"; profile built now (cache miss, {misses[0]['seconds']:.1f} s)" if misses else ""
     print(f"{args.output}: {len(enc.data)} bytes, {enc.bpp:.4f} bpp, {enc.width}x{enc.height}, "
           f"profile {info['profile']} ({times}){miss}")
@@ -84,7 +84,7 @@ def cmd_decompress_runtime(args: argparse.Namespace) -> int:
     x_hat, header, info = decompress_file(args.runtime, args.file, args.threads or 1)
     save_image(x_hat, args.output)
     times = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in info["times"].items())
-    misses = [e for e in info["events"] if e["cache"] == "miss"]
+    misses = [e for e in info["events"] if e.get("cache") == "miss"]
     miss = f"; profile built now (cache miss, {misses[0]['seconds']:.1f} s)" if misses else ""
     print(f"{args.output}: {header.width}x{header.height}, profile {info['profile']} ({times}){miss}")
     return 0

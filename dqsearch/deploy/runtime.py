@@ -58,8 +58,8 @@ class Loaded:
     def prepare(self, transforms: tuple[str, ...]) -> float:
         """Create the sessions (and load the integer h_s) before anything is timed; returns seconds."""
         t0 = time.perf_counter()
-        for t in transforms:
-            if t == "h_s" and (self.artifact.folder / "h_s_int.npz").is_file():
+        for t in transforms:  # "h_s_int" is the integer hyper-synthesis, the others ONNX sessions
+            if t == "h_s_int":
                 self.artifact.integer_hyper()
             elif t not in self.sessions:
                 self.sessions[t] = session(self.artifact.onnx_path(t), self.threads)
@@ -101,17 +101,19 @@ class Runtime:
                                 "seconds": time.perf_counter() - t0,
                                 **({"build_seconds": art.info["build_seconds"]} if built else {})})
         lo = self._loaded[bits]
-        missing = tuple(t for t in transforms if t not in lo.sessions)
+        missing = tuple(t for t in transforms if t not in lo.sessions and t != "h_s_int")
+        if "h_s_int" in transforms:
+            lo.prepare(("h_s_int",))
         if missing:
             self.events.append({"profile": lo.artifact.key, "sessions": list(missing),
                                 "session_seconds": lo.prepare(missing)})
         return lo
 
     # --- hyperprior -----------------------------------------------------------------------------
-    def _entropy_parameters(self, lo: Loaded, z_hat: torch.Tensor
+    def _entropy_parameters(self, lo: Loaded, z_hat: torch.Tensor, hyper: str
                             ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Scale-table indexes (and means, for mean-scale models) from z_hat."""
-        if self.manifest["options"]["hyper"] == "integer":
+        if hyper == "integer":
             idx = lo.artifact.integer_hyper().indexes(z_hat.numpy())
             return torch.from_numpy(idx), None
         params = torch.from_numpy(lo.run("h_s", z_hat.numpy()))
@@ -133,7 +135,8 @@ class Runtime:
         t0 = time.perf_counter()
         x, _ = pad_to_multiple(image, PAD_MULTIPLE)
         bits = tuple(bits) if bits is not None else self.store.choose_profile(x)
-        lo = self.loaded(bits, ("g_a", "h_a", "h_s"))
+        hyper = "h_s_int" if self.manifest["options"]["hyper"] == "integer" else "h_s"
+        lo = self.loaded(bits, ("g_a", "h_a", hyper))
         times: dict[str, float] = {}
         now = timer(self.threads)
         t = now()
@@ -147,7 +150,7 @@ class Runtime:
         z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
         times["entropy"] = now() - t
         t = now()
-        indexes, means = self._entropy_parameters(lo, z_hat)
+        indexes, means = self._entropy_parameters(lo, z_hat, self.manifest["options"]["hyper"])
         times["h_s"] = now() - t
         t = now()
         y_strings = self.gaussian_conditional.compress(torch.from_numpy(y), indexes, means=means)
@@ -165,15 +168,14 @@ class Runtime:
         if header.model_id != self.manifest["model_id"]:
             raise BitstreamError(f"file was written by model {header.model_id}, but this export is "
                                  f"model {self.manifest['model_id']}: use the export of that checkpoint")
-        if header.hyper != self.manifest["options"]["hyper"]:
-            raise BitstreamError(f"file was encoded with the {header.hyper} hyper-synthesis, this export "
-                                 f"computes it in {self.manifest['options']['hyper']}: re-export with "
-                                 f"--hyper {header.hyper}")
+        if header.hyper == "integer" and self.manifest["options"]["hyper"] != "integer":
+            raise BitstreamError("file was encoded with the integer hyper-synthesis, which this export "
+                                 "lacks: decode with an export made with --hyper integer")
         if len(header.profile_bits) != len(self.store.layer_names):
             raise BitstreamError(f"file has {len(header.profile_bits)} layer bit-widths, the model has "
                                  f"{len(self.store.layer_names)} quantized layers")
         n_events = len(self.events)
-        lo = self.loaded(header.profile_bits, ("h_s", "g_s"))
+        lo = self.loaded(header.profile_bits, ("h_s_int" if header.hyper == "integer" else "h_s", "g_s"))
         now = timer(self.threads)
         times: dict[str, float] = {}
         try:
@@ -181,7 +183,7 @@ class Runtime:
             z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
             times["entropy"] = now() - t
             t = now()
-            indexes, means = self._entropy_parameters(lo, z_hat)
+            indexes, means = self._entropy_parameters(lo, z_hat, header.hyper)
             times["h_s"] = now() - t
             t = now()
             y_hat = self.gaussian_conditional.decompress(strings[0], indexes, z_hat.dtype, means=means)
