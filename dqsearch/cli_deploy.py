@@ -32,7 +32,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .models import resolve_checkpoint
 
     opts = Options(arithmetic=args.arithmetic, hyper=args.hyper, subpixel=args.subpixel,
-                   decide_input=args.decide_input, threads=args.threads)
+                   int8_weights=args.int8_weights, decide_input=args.decide_input, threads=args.threads)
     images = [load_image(p).unsqueeze(0) for p in list_images(args.images)] if args.images else None
     if images:
         from .codec import PAD_MULTIPLE
@@ -104,6 +104,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "across machines; streams are tagged and need this export to decode)")
     p.add_argument("--subpixel", default="auto", choices=["auto", "on", "off"],
                    help="ConvTranspose as Conv + PixelShuffle: auto keeps it where it times faster")
+    p.add_argument("--int8-weights", default="exact", choices=["exact", "symmetric"],
+                   help="exact: learned zero-points kept (per channel where needed); symmetric: "
+                        "zero-point 0, clipping 8-bit outliers (a faster QLinearConv)")
     p.add_argument("--decide-input", type=_hw, default=(512, 768), help="HxW the auto decision is timed at")
     p.add_argument("--profile", type=_bits, action="append",
                    help="also build this profile (comma-separated bits in layer order; repeatable)")

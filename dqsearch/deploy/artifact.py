@@ -34,7 +34,7 @@ from . import decide, entropy
 from .calibrate import calibration_images, output_ranges
 from .int_hyper import IntegerHyperSynthesis
 from .modules import transform_module
-from .onnx_graph import OPSET, export, quantize_graph, shuffles_in_uint8
+from .onnx_graph import OPSET, WEIGHT_MODES, export, quantize_graph, shuffles_in_uint8
 from .params import LayerQuant, container_of, model_layers
 from .subpixel import plan
 
@@ -62,6 +62,7 @@ class Options:
     arithmetic: str = "int8"  # g_a and g_s: "int8" (QLinearConv) or "exact" (learned QDQ, float conv)
     hyper: str = "float"  # h_s: "float" (exact QDQ in ONNX Runtime) or "integer" (bit-exact everywhere)
     subpixel: str = "auto"  # deconvolutions as Conv + PixelShuffle: auto (timed), on, off
+    int8_weights: str = "exact"  # "symmetric": zero-point 0, 8-bit outliers clipped (faster kernel)
     decide_input: tuple[int, int] = (512, 768)  # image size (H, W) the auto decision is timed at
     threads: int = 1
 
@@ -72,6 +73,8 @@ class Options:
             raise ValueError(f"hyper must be one of {HYPER}, got {self.hyper!r}")
         if self.subpixel not in SUBPIXEL:
             raise ValueError(f"subpixel must be one of {SUBPIXEL}, got {self.subpixel!r}")
+        if self.int8_weights not in WEIGHT_MODES:
+            raise ValueError(f"int8_weights must be one of {WEIGHT_MODES}, got {self.int8_weights!r}")
         self.decide_input = tuple(int(v) for v in self.decide_input)
 
     def arithmetic_of(self, transform: str) -> str:
@@ -180,18 +183,25 @@ class Store:
         return ProfileArtifact(folder, json.loads((folder / "profile.json").read_text())), True
 
 
+def transform_graph(model: torch.nn.Module, transform: str, layers: dict[str, LayerQuant],
+                    arithmetic: str, ranges: dict | None, subpixel: bool, abs_input: bool = False,
+                    int8_weights: str = "exact") -> onnx.ModelProto:
+    """One transform as a deployable ONNX graph (float twin → export → learned QDQ)."""
+    channels = _in_channels(next(lq for n, lq in layers.items() if n.startswith(transform + ".")))
+    mod, convs = transform_module(model, transform, layers, use_subpixel=subpixel, abs_input=abs_input)
+    graph = quantize_graph(export(mod, channels), convs, arithmetic, ranges, int8_weights)
+    return shuffles_in_uint8(graph) if subpixel else graph
+
+
 def _graphs(store: Store, model: torch.nn.Module, layers: dict[str, LayerQuant],
             ranges: dict | None, transform: str) -> tuple[onnx.ModelProto, dict]:
     """The transform's ONNX graph, with the sub-pixel rewrite where it is kept."""
     opts, codec = store.options, store.manifest["codec"]
     abs_input = transform == "h_a" and codec["abs_h_a"]
     arith = opts.arithmetic_of(transform)
-    channels = _in_channels(next(lq for n, lq in layers.items() if n.startswith(transform + ".")))
 
     def build(sub: bool) -> onnx.ModelProto:
-        mod, convs = transform_module(model, transform, layers, use_subpixel=sub, abs_input=abs_input)
-        graph = quantize_graph(export(mod, channels), convs, arith, ranges)
-        return shuffles_in_uint8(graph) if sub else graph
+        return transform_graph(model, transform, layers, arith, ranges, sub, abs_input, opts.int8_weights)
 
     rewritable = any(n.startswith(transform + ".") and plan(lq) is not None for n, lq in layers.items())
     if not rewritable or opts.subpixel == "off":

@@ -75,3 +75,16 @@ def test_bit_packing_round_trip(bits):
     data = pack_bits(v, bits)
     assert len(data) == -(-1001 * bits // 8)
     np.testing.assert_array_equal(unpack_bits(data, bits, 1001), v)
+
+
+def test_symmetric_int8_weights_clip_only_out_of_range_values():
+    torch.manual_seed(3)
+    q = from_float(nn.Conv2d(4, 3, 3), mode="fixed", candidates=(8,))
+    with torch.no_grad():
+        q.weight_quantizer.zero_point["8"].copy_(torch.tensor([128.0, 20, 235]))
+    lq = layer_quant("l", q, 8)
+    stored, zero = int8_weights(lq, "symmetric")
+    centred = lq.w_int - lq.w_zero[:, None, None, None]
+    assert not zero.any()
+    np.testing.assert_array_equal(stored, np.clip(centred, -128, 127))
+    assert (stored != centred).any()  # channels 1 and 2 had values beyond int8
