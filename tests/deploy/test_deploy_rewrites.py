@@ -82,6 +82,7 @@ def test_symmetric_int8_weights_clip_only_out_of_range_values():
     q = from_float(nn.Conv2d(4, 3, 3), mode="fixed", candidates=(8,))
     with torch.no_grad():
         q.weight_quantizer.zero_point["8"].copy_(torch.tensor([128.0, 20, 235]))
+        q.weight_quantizer.scale["8"].mul_(0.5)  # weights span ±255 steps: some beyond int8
     lq = layer_quant("l", q, 8)
     stored, zero = int8_weights(lq, "symmetric")
     centred = lq.w_int - lq.w_zero[:, None, None, None]
