@@ -86,3 +86,25 @@ def test_integer_hyper_survives_save_and_load(hyper_case, tmp_path):
     ih.save(tmp_path / "h.npz")
     again = IntegerHyperSynthesis.load(tmp_path / "h.npz")
     np.testing.assert_array_equal(again.indexes(z_hat.numpy()), ih.indexes(z_hat.numpy()))
+
+
+def test_pytorch_and_deployed_integer_codecs_interoperate(exported, mixed_checkpoint, image):
+    """Integer streams cross between PyTorch and ONNX Runtime both ways with identical indexes:
+    the same bytes, the same latents; only g_s's arithmetic (int8 here) separates the images."""
+    from dqsearch.deploy import torch_codec
+
+    ck = load_checkpoint(mixed_checkpoint)
+    model = ck.model.eval()
+    enc = torch_codec.encode(model, ck.model_id, image)
+    ref, _ = torch_codec.decode(model, ck.model_id, enc.data)
+    rt = Runtime(exported["integer"])
+    x_hat, header, _ = rt.decode(enc.data)
+    assert header.hyper == "integer"
+    assert abs(psnr(image, x_hat) - psnr(image, ref)) < 0.5
+    own, _ = rt.encode(image)
+    back, _ = torch_codec.decode(model, ck.model_id, own.data)
+    assert psnr(image, back) > 5
+    with pytest.raises(BitstreamError, match="float hyper-synthesis"):
+        from dqsearch.codec import encode as float_encode
+
+        torch_codec.decode(model, ck.model_id, float_encode(model, ck.model_id, image).data)
