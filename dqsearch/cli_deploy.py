@@ -99,9 +99,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arithmetic", default="int8", choices=["int8", "exact"],
                    help="g_a/g_s: int8 = QLinearConv (fast, per-tensor activations), exact = the "
                         "learned per-channel QDQ with float convs (slow, bit-faithful)")
-    p.add_argument("--hyper", default="float", choices=["float", "integer"],
-                   help="entropy parameters: float h_s in ONNX Runtime, or integer-only (bit-exact "
-                        "across machines; streams are tagged and need this export to decode)")
+    p.add_argument("--hyper", default="integer", choices=["integer", "float"],
+                   help="entropy parameters: integer-only h_s (bit-exact across machines and with "
+                        "dqsearch.deploy.torch_codec; streams are tagged), or the float h_s in ONNX "
+                        "Runtime (reads `dqsearch compress` streams, but not bit-exactly)")
     p.add_argument("--subpixel", default="auto", choices=["auto", "on", "off"],
                    help="ConvTranspose as Conv + PixelShuffle: auto keeps it where it times faster")
     p.add_argument("--int8-weights", default="exact", choices=["exact", "symmetric"],

@@ -60,7 +60,7 @@ class Options:
     """How a profile's artifacts are built (stored in the manifest, reused on cache misses)."""
 
     arithmetic: str = "int8"  # g_a and g_s: "int8" (QLinearConv) or "exact" (learned QDQ, float conv)
-    hyper: str = "float"  # h_s: "float" (exact QDQ in ONNX Runtime) or "integer" (bit-exact everywhere)
+    hyper: str = "integer"  # h_s: "integer" (bit-exact everywhere) or "float" (exact QDQ in ORT)
     subpixel: str = "auto"  # deconvolutions as Conv + PixelShuffle: auto (timed), on, off
     int8_weights: str = "exact"  # "symmetric": zero-point 0, 8-bit outliers clipped (faster kernel)
     decide_input: tuple[int, int] = (512, 768)  # image size (H, W) the auto decision is timed at
@@ -304,6 +304,9 @@ def export_model(checkpoint: str | Path, folder: str | Path, backend: str = "ort
     if options.hyper == "integer" and CODECS[ck.architecture]["means"]:
         raise ValueError("the integer hyper-synthesis predicts scales only; mbt2018-mean also predicts "
                          "means: use --hyper float")
+    if options.hyper == "integer" and not quantized_layers(ck.model):
+        raise ValueError("the integer hyper-synthesis needs a quantized h_s; this checkpoint is FP32: "
+                         "use --hyper float (or export a QAT checkpoint)")
     model = ck.model.eval()
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(ck.path, folder / "source.pt")

@@ -1,11 +1,11 @@
 """The PyTorch fake-quantized codec with the integer hyper-synthesis.
 
 `dqsearch.codec` computes the entropy parameters with the float h_s, and ONNX Runtime's float h_s
-is not bit-identical to PyTorch's: on Kodak, 1 to 2 of 24 PyTorch streams picked a different
-scale table for some latent in the deployed decoder and decoded to garbage. Encoding with the
-integer h_s on both sides removes that: this module is the PyTorch side (same bitstream format,
-tagged `integer`), so a stream from the training framework decodes bit-exactly through an export
-made with `--hyper integer`, and the other way round.
+is not bit-identical to PyTorch's: on Kodak, 4 (6 with a sub-pixel h_s) of 24 PyTorch
+streams picked a different scale table for some latent in the deployed decoder and decoded to
+garbage. Encoding with the integer h_s on both sides removes that: this module is the PyTorch
+side (same bitstream format, tagged `integer`), so a stream from the training framework decodes
+bit-exactly through an export made with `--hyper integer`, and the other way round.
 """
 
 from __future__ import annotations

@@ -60,7 +60,9 @@ def export(checkpoint, folder, **options):
 
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory, mixed_checkpoint):
-    """The mixed checkpoint exported three ways: int8, exact, and int8 with the integer h_s."""
+    """The mixed checkpoint exported three ways: int8 and exact with the float h_s (they read
+    `dqsearch compress` streams), and int8 with the integer h_s (the default)."""
     base = tmp_path_factory.mktemp("exports")
     return {name: export(mixed_checkpoint, base / name, **opts).folder for name, opts in (
-        ("int8", {}), ("exact", {"arithmetic": "exact"}), ("integer", {"hyper": "integer"}))}
+        ("int8", {"hyper": "float"}), ("exact", {"arithmetic": "exact", "hyper": "float"}),
+        ("integer", {}))}

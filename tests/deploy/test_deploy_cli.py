@@ -18,9 +18,10 @@ def test_export_compress_decompress(tmp_path, mixed_checkpoint, image, capsys):
     assert main(["decompress", str(tmp_path / "a.dqs"), "-o", str(tmp_path / "a.png"),
                  "--runtime", str(out)]) == 0
     assert (tmp_path / "a.png").is_file()
-    # the PyTorch path still works without --runtime, on the same file
+    # the default integer hyper-synthesis tags the stream: PyTorch's float decoder refuses it
     assert main(["decompress", str(tmp_path / "a.dqs"), "-o", str(tmp_path / "b.png"),
-                 "--checkpoint", str(mixed_checkpoint)]) == 0
+                 "--checkpoint", str(mixed_checkpoint)]) == 2
+    assert "--runtime DIR" in capsys.readouterr().err
 
 
 def test_cli_errors_are_one_line(tmp_path, mixed_checkpoint, capsys):

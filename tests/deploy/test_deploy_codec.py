@@ -105,7 +105,7 @@ def test_packed_weights_hold_the_learned_integers(exported, torch_model):
 def test_decoder_builds_a_missing_profile_once(tmp_path, dynamic_checkpoint, image):
     """A dynamic model: the export holds the all-8-bit profile; a 6-bit stream is a cache miss."""
     ck = load_checkpoint(dynamic_checkpoint)
-    folder = export_folder(dynamic_checkpoint, tmp_path / "dyn").folder
+    folder = export_folder(dynamic_checkpoint, tmp_path / "dyn", hyper="float").folder
     assert len(list((folder / "profiles").iterdir())) == 1
     six = dict.fromkeys(quantized_layers(ck.model), 6)
     set_profile(ck.model, six)
