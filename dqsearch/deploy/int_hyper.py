@@ -85,7 +85,8 @@ def _conv(q: np.ndarray, layer: IntLayer) -> np.ndarray:
     win = sliding_window_view(x, (kh, kw), axis=(1, 2))  # [C, H', W', kh, kw]
     h, w = win.shape[1:3]
     cols = win.transpose(1, 2, 0, 3, 4).reshape(h * w, c * kh * kw)
-    acc = cols @ layer.weight.reshape(o, -1).astype(np.float64).T  # exact: integers below 2^53
+    # exact: every product and partial sum is an integer below 2^53, in any summation order
+    acc = cols @ layer.weight.reshape(o, -1).astype(np.float64).T
     return acc.T.reshape(o, h, w).astype(np.int64) + layer.bias[:, None, None]
 
 
@@ -129,7 +130,8 @@ class IntegerHyperSynthesis:
         if z_hat.ndim != 4 or z_hat.shape[0] != 1:
             raise ValueError(f"expected z_hat of shape [1, C, H, W], got {z_hat.shape}")
         y = self.accumulator(z_hat)
-        idx = (y[..., None] > self.thresholds).sum(axis=-1)
+        # index = #{t : y > t} over the ascending thresholds (CompressAI's build_indexes)
+        idx = np.searchsorted(self.thresholds, y, side="left")
         return idx[None].astype(np.int32)
 
     def accumulator(self, z_hat: np.ndarray) -> np.ndarray:
