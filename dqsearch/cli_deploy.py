@@ -53,7 +53,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         bits = ",".join(map(str, info["bits"]))
         print(f"{folder.name}: bits {bits}; packed model {_kib(s['packed_model'])} "
               f"(paper FP32 x b/32: {_kib(s['paper_fp32_x_bbar_over_32'])}, FP32 {_kib(s['fp32_model'])}), "
-              f"ONNX {_kib(s['onnx_total'])}; sub-pixel kept in {', '.join(kept) or 'none'}; "
+              f"artifacts {_kib(s['files_total'])}; sub-pixel kept in {', '.join(kept) or 'none'}; "
               f"built in {info['build_seconds']:.1f} s")
     print(f"wrote {args.output} (model {store.manifest['model_id']}, backend {args.backend})")
     return 0

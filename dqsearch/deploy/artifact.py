@@ -252,7 +252,7 @@ def build_profile(store: Store, bits: tuple[int, ...]) -> Path:
             "containers": {n: container_of(lq.bits) for n, lq in layers.items()},
             "decisions": decisions,
             "size_bytes": {
-                "onnx": sizes, "onnx_total": sum(sizes.values()),
+                "files": sizes, "files_total": sum(sizes.values()),
                 "packed_conv_weights": packed["weights"], "packed_side_data": packed["side"],
                 "weights_bin": packed["file"],
                 "other_parameters_fp32": nonconv,
