@@ -244,7 +244,9 @@ def build_profile(store: Store, bits: tuple[int, ...]) -> Path:
         from .packing import write_packed
 
         packed = write_packed(layers, tmp)
-        wb = weight_bytes(model, profile) if quantized_layers(model) else None
+        total_fp32 = sum(p.numel() for p in model.parameters()) * 4.0
+        wb = weight_bytes(model, profile) if quantized_layers(model) else {
+            "fp32": total_fp32, "paper": total_fp32}  # an FP32 model: b̄ = 32
         nonconv = sum(p.numel() for n, p in model.named_parameters()
                       if not any(n.startswith(lname + ".") for lname in layers)) * 4
         info = {
@@ -257,8 +259,8 @@ def build_profile(store: Store, bits: tuple[int, ...]) -> Path:
                 "weights_bin": packed["file"],
                 "other_parameters_fp32": nonconv,
                 "packed_model": packed["file"] + nonconv,
-                "fp32_model": wb["fp32"] if wb else None,
-                "paper_fp32_x_bbar_over_32": wb.get("paper") if wb else None,
+                "fp32_model": wb["fp32"],
+                "paper_fp32_x_bbar_over_32": wb.get("paper"),
             },
             "build_seconds": time.perf_counter() - t0,
         }

@@ -138,3 +138,30 @@ def test_clear_errors(exported, torch_model, image, tmp_path):
         Runtime(other).decode(bytes(forged))
     with pytest.raises(FileNotFoundError, match="no manifest.json"):
         Runtime(tmp_path)
+
+
+@pytest.mark.parametrize("arch", ["mbt2018-mean", "bmshj2018-hyperprior-fp32"])
+def test_mean_scale_and_fp32_models_round_trip(tmp_path, sample_paths, image, arch):
+    """MeanScaleHyperprior (means from h_s) and an FP32 checkpoint, through the float h_s."""
+    from dqsearch.models import build_model, save_checkpoint
+    from dqsearch.quant.wrap import QuantPolicy, wrap
+
+    torch.manual_seed(0)
+    name = arch.removesuffix("-fp32")
+    model = build_model(name, N=16, M=24)
+    policy = None if arch.endswith("-fp32") else QuantPolicy.fixed(8)
+    if policy:
+        wrap(model, policy)
+        with torch.no_grad():
+            model(torch.nn.functional.pad(image, (16, 16, 0, 0)))  # first call calibrates
+    model.update(force=True)
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model, name, {"N": 16, "M": 24}, policy)
+    ck = load_checkpoint(path)
+    folder = export_folder(path, tmp_path / "dep", hyper="float", arithmetic="exact").folder
+    enc = encode(ck.model.eval(), ck.model_id, image)
+    ref, _ = decode(ck.model, ck.model_id, enc.data)
+    x_hat, _, _ = Runtime(folder).decode(enc.data)
+    assert psnr(ref, x_hat) > 50
+    with pytest.raises(ValueError, match="--hyper float"):
+        export_folder(path, tmp_path / "dep2")
