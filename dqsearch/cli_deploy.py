@@ -22,11 +22,23 @@ def _hw(text: str) -> tuple[int, int]:
     return h, w
 
 
+def _require_ort() -> None:
+    """One-line error (not a traceback) when the deployment's libraries are missing."""
+    try:
+        import dqsearch_ort  # noqa: F401
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError(f"deployment to ort-cpu needs onnx, onnxruntime and the dqsearch-ort plugin "
+                           f"({e}): pip install -e backends/onnxruntime") from None
+
+
 def _kib(n: float | None) -> str:
     return "n/a" if n is None else f"{n / 1024:.0f} KiB"
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    _require_ort()
     from .data import list_images, load_image
     from .deploy.artifact import Options, export_model
     from .models import resolve_checkpoint
@@ -66,6 +78,7 @@ def _with_runtime(original, runtime_cmd):
 
 
 def cmd_compress_runtime(args: argparse.Namespace) -> int:
+    _require_ort()
     from .deploy.files import compress_file
 
     enc, info = compress_file(args.runtime, args.image, args.output, args.threads or 1)
@@ -78,6 +91,7 @@ def cmd_compress_runtime(args: argparse.Namespace) -> int:
 
 
 def cmd_decompress_runtime(args: argparse.Namespace) -> int:
+    _require_ort()
     from .data import save_image
     from .deploy.files import decompress_file
 
