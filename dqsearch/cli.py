@@ -385,10 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_fmpq)
 
-    from . import cli_backends, cli_study
+    from . import cli_backends, cli_deploy, cli_study
 
     cli_backends.register(sub)
     cli_study.register(sub)
+    cli_deploy.register(sub)
     return parser
 
 

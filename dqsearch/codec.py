@@ -45,6 +45,7 @@ class Header:
     height: int
     width: int
     profile_bits: tuple[int, ...]  # per quantized layer, in the model's layer order (32 = FP32)
+    hyper: str = "float"  # how the entropy parameters were computed: "float" or "integer" (deploy)
 
 
 # --- payload tree ---------------------------------------------------------------------------------
@@ -110,7 +111,10 @@ def pack(header: Header, strings: Any, shape: Any) -> bytes:
     body = bytearray(bytes.fromhex(header.model_id))
     body += struct.pack(">HHH", header.height, header.width, len(header.profile_bits))
     body += bytes(header.profile_bits)
-    _pack_tree({"s": strings, "p": shape}, body)
+    payload = {"s": strings, "p": shape}
+    if header.hyper != "float":  # only integer-hyper streams (dqsearch.deploy) carry the tag
+        payload["h"] = header.hyper.encode()
+    _pack_tree(payload, body)
     return MAGIC + struct.pack(">BI", VERSION, zlib.crc32(body)) + bytes(body)
 
 
@@ -136,10 +140,13 @@ def unpack(data: bytes) -> tuple[Header, Any, Any]:
     payload = r.tree()
     if r.pos != len(body):
         raise BitstreamError("trailing bytes after the payload")
-    if not isinstance(payload, dict) or set(payload) != {"s", "p"}:
+    if not isinstance(payload, dict) or set(payload) - {"h"} != {"s", "p"}:
         raise BitstreamError("payload lacks strings or shape")
+    hyper = payload.get("h", b"float")
+    if hyper not in (b"float", b"integer"):
+        raise BitstreamError(f"unknown hyper-synthesis tag {hyper!r}")
     _check_shape(payload["p"], height, width)
-    return Header(model_id, height, width, bits), payload["s"], payload["p"]
+    return Header(model_id, height, width, bits, hyper.decode()), payload["s"], payload["p"]
 
 
 def _check_shape(shape: Any, height: int, width: int) -> None:
@@ -216,6 +223,9 @@ def encode(model: nn.Module, model_id: str, image: Tensor) -> Encoded:
 def decode(model: nn.Module, model_id: str, data: bytes) -> tuple[Tensor, Header]:
     """Decode bytes with the matching model; returns ([1, 3, H, W] in [0, 1], header)."""
     header, strings, shape = unpack(data)
+    if header.hyper != "float":
+        raise BitstreamError(f"file was encoded with the {header.hyper} hyper-synthesis of a deployed "
+                             "model: decode it with the export it came from (decompress --runtime DIR)")
     if header.model_id != model_id:
         raise BitstreamError(f"file was written by model {header.model_id}, but the checkpoint is "
                              f"model {model_id}: decode with the checkpoint that encoded it")

@@ -1,0 +1,141 @@
+"""`dqsearch export` and the `--runtime DIR` option of `compress` / `decompress` (argument parsing
+only; the work is in dqsearch.deploy)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _bits(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated bit-widths, got {text!r}") from None
+
+
+def _hw(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 512x768, got {text!r}") from None
+    return h, w
+
+
+def _require_ort() -> None:
+    """One-line error (not a traceback) when the deployment's libraries are missing."""
+    try:
+        import dqsearch_ort  # noqa: F401
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError(f"deployment to ort-cpu needs onnx, onnxruntime and the dqsearch-ort plugin "
+                           f"({e}): pip install -e backends/onnxruntime") from None
+
+
+def _kib(n: float | None) -> str:
+    return "n/a" if n is None else f"{n / 1024:.0f} KiB"
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    _require_ort()
+    from .data import list_images, load_image
+    from .deploy.artifact import Options, export_model
+    from .models import resolve_checkpoint
+
+    opts = Options(arithmetic=args.arithmetic, hyper=args.hyper, subpixel=args.subpixel,
+                   int8_weights=args.int8_weights, decide_input=args.decide_input, threads=args.threads)
+    images = [load_image(p).unsqueeze(0) for p in list_images(args.images)] if args.images else None
+    if images:
+        from .codec import PAD_MULTIPLE
+        from .data import pad_to_multiple
+
+        images = [pad_to_multiple(x, PAD_MULTIPLE)[0] for x in images]
+    store = export_model(resolve_checkpoint(args.checkpoint), args.output, args.backend, opts,
+                         profiles=args.profile, images=images, calibration=args.calibration,
+                         force=args.force)
+    import json
+
+    for folder in sorted((Path(args.output) / "profiles").iterdir()):
+        if not (folder / "profile.json").is_file():
+            continue
+        info = json.loads((folder / "profile.json").read_text())
+        s = info["size_bytes"]
+        kept = [t for t, d in info["decisions"].items() if d["subpixel"]]
+        bits = ",".join(map(str, info["bits"]))
+        print(f"{folder.name}: bits {bits}; packed model {_kib(s['packed_model'])} "
+              f"(paper FP32 x b/32: {_kib(s['paper_fp32_x_bbar_over_32'])}, FP32 {_kib(s['fp32_model'])}), "
+              f"artifacts {_kib(s['files_total'])}; sub-pixel kept in {', '.join(kept) or 'none'}; "
+              f"built in {info['build_seconds']:.1f} s")
+    print(f"wrote {args.output} (model {store.manifest['model_id']}, backend {args.backend})")
+    return 0
+
+
+def _with_runtime(original, runtime_cmd):
+    def run(args: argparse.Namespace) -> int:
+        return runtime_cmd(args) if getattr(args, "runtime", None) else original(args)
+    return run
+
+
+def cmd_compress_runtime(args: argparse.Namespace) -> int:
+    _require_ort()
+    from .deploy.files import compress_file
+
+    enc, info = compress_file(args.runtime, args.image, args.output, args.threads or 1)
+    times = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in info["times"].items())
+    misses = [e for e in info["events"] if e.get("cache") == "miss"]
+    miss = f"; profile built now (cache miss, {misses[0]['seconds']:.1f} s)" if misses else ""
+    print(f"{args.output}: {len(enc.data)} bytes, {enc.bpp:.4f} bpp, {enc.width}x{enc.height}, "
+          f"profile {info['profile']} ({times}){miss}")
+    return 0
+
+
+def cmd_decompress_runtime(args: argparse.Namespace) -> int:
+    _require_ort()
+    from .data import save_image
+    from .deploy.files import decompress_file
+
+    x_hat, header, info = decompress_file(args.runtime, args.file, args.threads or 1)
+    save_image(x_hat, args.output)
+    times = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in info["times"].items())
+    misses = [e for e in info["events"] if e.get("cache") == "miss"]
+    miss = f"; profile built now (cache miss, {misses[0]['seconds']:.1f} s)" if misses else ""
+    print(f"{args.output}: {header.width}x{header.height}, profile {info['profile']} ({times}){miss}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `export`, and `--runtime DIR` to the existing `compress` and `decompress` commands."""
+    p = sub.add_parser("export", help="export a checkpoint to integer execution on a backend")
+    p.add_argument("--checkpoint", help="QAT checkpoint path or embedded:Q (default: the embedded model)")
+    p.add_argument("--backend", default="ort-cpu", help="deployment target (implemented: ort-cpu)")
+    p.add_argument("-o", "--output", required=True, help="export folder")
+    p.add_argument("--arithmetic", default="int8", choices=["int8", "exact"],
+                   help="g_a/g_s: int8 = QLinearConv (fast, per-tensor activations), exact = the "
+                        "learned per-channel QDQ with float convs (slow, bit-faithful)")
+    p.add_argument("--hyper", default="integer", choices=["integer", "float"],
+                   help="entropy parameters: integer-only h_s (bit-exact across machines and with "
+                        "dqsearch.deploy.torch_codec; streams are tagged), or the float h_s in ONNX "
+                        "Runtime (reads `dqsearch compress` streams, but not bit-exactly)")
+    p.add_argument("--subpixel", default="auto", choices=["auto", "on", "off"],
+                   help="ConvTranspose as Conv + PixelShuffle: auto keeps it where it times faster")
+    p.add_argument("--int8-weights", default="exact", choices=["exact", "symmetric"],
+                   help="exact: learned zero-points kept (per channel where needed); symmetric: "
+                        "zero-point 0, clipping 8-bit outliers (a faster QLinearConv)")
+    p.add_argument("--decide-input", type=_hw, default=(512, 768), help="HxW the auto decision is timed at")
+    p.add_argument("--profile", type=_bits, action="append",
+                   help="also build this profile (comma-separated bits in layer order; repeatable)")
+    p.add_argument("--images", help="build the profiles the selectors pick for these images")
+    p.add_argument("--calibration", help="images for the int8 output ranges (default: bundled samples)")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads for timing decisions")
+    p.add_argument("--force", action="store_true", help="replace an existing export")
+    p.set_defaults(func=cmd_export)
+
+    for name, cmd, what in (("compress", cmd_compress_runtime, "encode"),
+                            ("decompress", cmd_decompress_runtime, "decode")):
+        parser = sub.choices.get(name)
+        if parser is None:
+            continue
+        parser.add_argument("--runtime", metavar="DIR",
+                            help=f"{what} through the artifacts of `dqsearch export -o DIR`")
+        parser.set_defaults(func=_with_runtime(parser.get_default("func"), cmd))

@@ -1,0 +1,146 @@
+"""The learned integer parameters of each quantized layer at one precision profile, as numpy arrays.
+
+Everything a deployment backend needs is read here once, with the exact arithmetic of
+`fake_quantize` (|s| clamped at 1e-8, z rounded half-to-even, clip to [0, 2^b - 1]), so that an
+exported layer computes what the fake-quantized PyTorch layer computes: weights are the learned
+integers q in [0, 2^b - 1] with per-output-channel (s_w, z_w); input activations have per-input-channel
+(s_x, z_x).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..quant.blocks import QuantizedConv
+from ..quant.wrap import FP32, conv_layers, quantized_layers
+
+_EPS = 1e-8
+
+
+def container_of(bits: int) -> str:
+    """Storage/execution container of a bit-width: int8 (<= 8), int16 (<= 16) or fp32 (32)."""
+    if bits == FP32:
+        return "fp32"
+    if 2 <= bits <= 8:
+        return "int8"
+    if 9 <= bits <= 16:
+        return "int16"
+    raise ValueError(f"deployable bit-widths are 2..16 or 32, not {bits}")
+
+
+@dataclass
+class LayerQuant:
+    """One conv layer as deployed: its float weights (the fake-quantized values W~ for a quantized
+    layer) and, when quantized, the integers and quantization parameters behind them."""
+
+    name: str
+    transposed: bool
+    bits: int
+    weight: np.ndarray  # float32, W~ = s_w (q - z_w) for quantized layers, the FP32 weight otherwise
+    bias: np.ndarray | None
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    output_padding: tuple[int, int]
+    w_int: np.ndarray | None = None  # learned integers in [0, 2^b - 1] (int32)
+    w_scale: np.ndarray | None = None  # per output channel, float32
+    w_zero: np.ndarray | None = None  # per output channel, int32
+    x_scale: np.ndarray | None = None  # per input channel, float32
+    x_zero: np.ndarray | None = None  # per input channel, int32
+
+    @property
+    def container(self) -> str:
+        return container_of(self.bits)
+
+    @property
+    def quantized(self) -> bool:
+        return self.bits != FP32
+
+    @property
+    def weight_axis(self) -> int:
+        """Output-channel axis of the weight tensor (1 for ConvTranspose's [in, out, kh, kw])."""
+        return 1 if self.transposed else 0
+
+    @property
+    def qmax(self) -> int:
+        return 2**self.bits - 1
+
+
+def _quant_params(q: nn.Module, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if not hasattr(q, "scale"):
+        raise ValueError(f"{type(q).__name__} quantizers cannot be deployed as integers: only the "
+                         "asymmetric DPA and min/max quantizers (--quantizer dpa|minmax) have a zero-point")
+    s = q.scale[str(bits)].detach().abs().clamp_min(_EPS).float()
+    z = torch.round(q.zero_point[str(bits)].detach().float())
+    return s, z
+
+
+@torch.no_grad()
+def layer_quant(name: str, m: QuantizedConv, bits: int) -> LayerQuant:
+    """Read one layer at `bits` (32 = FP32)."""
+    transposed = isinstance(m, nn.ConvTranspose2d)
+    if m.groups != 1 or tuple(m.dilation) != (1, 1):
+        raise ValueError(f"layer {name}: grouped or dilated convolutions are not deployable yet")
+    w = m._effective_weight().detach().float()
+    common = dict(name=name, transposed=transposed, bits=bits,
+                  bias=None if m.bias is None else m.bias.detach().float().numpy().copy(),
+                  stride=tuple(m.stride), padding=tuple(m.padding),
+                  output_padding=tuple(getattr(m, "output_padding", (0, 0))))
+    if bits == FP32:
+        return LayerQuant(weight=w.numpy().copy(), **common)
+    if bits not in m.candidates:
+        raise ValueError(f"layer {name} was trained for bit-widths {list(m.candidates)}, not {bits}")
+    axis = m.weight_channel_dim
+    shape = [1] * w.dim()
+    shape[axis] = -1
+    sw, zw = _quant_params(m.weight_quantizer, bits)
+    qmax = float(2**bits - 1)
+    zr = zw.view(shape)
+    q = torch.round(torch.clamp(w / sw.view(shape) + zr, 0.0, qmax))
+    w_fq = sw.view(shape) * (q - zr)  # the same float32 operations as fake_quantize
+    sx, zx = _quant_params(m.input_quantizer, bits)
+    return LayerQuant(weight=w_fq.numpy().copy(), w_int=q.numpy().astype(np.int32),
+                      w_scale=sw.numpy().copy(), w_zero=zw.numpy().astype(np.int32),
+                      x_scale=sx.numpy().copy(), x_zero=zx.numpy().astype(np.int32), **common)
+
+
+def float_layer(name: str, m: nn.Module) -> LayerQuant:
+    """A plain (unwrapped) Conv2d / ConvTranspose2d as an FP32 layer."""
+    if m.groups != 1 or tuple(m.dilation) != (1, 1):
+        raise ValueError(f"layer {name}: grouped or dilated convolutions are not deployable yet")
+    mask = getattr(m, "mask", None)
+    w = m.weight.detach().float() * (mask if mask is not None else 1.0)
+    return LayerQuant(name=name, transposed=isinstance(m, nn.ConvTranspose2d), bits=FP32,
+                      weight=w.numpy().copy(),
+                      bias=None if m.bias is None else m.bias.detach().float().numpy().copy(),
+                      stride=tuple(m.stride), padding=tuple(m.padding),
+                      output_padding=tuple(getattr(m, "output_padding", (0, 0))))
+
+
+def model_layers(model: nn.Module, profile: Mapping[str, int], allow_fp32: bool = False
+                 ) -> dict[str, LayerQuant]:
+    """Every conv of the model at the profile's bit-widths (32 = FP32), by layer name.
+
+    Quantized layers must appear in `profile`; plain convs (an FP32 checkpoint) are FP32.
+    `allow_fp32` lets a quantized layer run unquantized (the FP32 baseline of a benchmark)."""
+    layers = quantized_layers(model)
+    missing = set(layers) - set(profile)
+    if missing:
+        raise ValueError(f"profile lacks layers {sorted(missing)}")
+    out = {}
+    for name, m in conv_layers(model):
+        if name not in layers:
+            out[name] = float_layer(name, m)
+            continue
+        bits = int(profile[name])
+        q = layers[name]
+        if bits == FP32 and q.mode != "fp32" and not allow_fp32:
+            raise ValueError(f"layer {name} runs at {list(q.candidates)} bits in this model, not FP32")
+        if q.mode == "fp32" and bits != FP32:
+            raise ValueError(f"layer {name} is FP32 in this model and cannot run at {bits} bits")
+        out[name] = layer_quant(name, q, bits) if bits != FP32 else float_layer(name, q)
+    return out

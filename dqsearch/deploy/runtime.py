@@ -1,0 +1,207 @@
+"""The codec through exported artifacts: transforms in ONNX Runtime, entropy coding in CompressAI.
+
+The bitstream is dqsearch's own (`dqsearch.codec`): a file from `dqsearch compress` decodes here,
+and a file written here decodes with `dqsearch decompress` unless it used the integer
+hyper-synthesis (its header says so). The decoder picks the artifact of the header's precision
+profile; a profile not exported yet is built from the stored source checkpoint on first use
+(a cache miss, timed and reported) and kept on disk for the next file.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from ..codec import PAD_MULTIPLE, BitstreamError, Encoded, Header, pack, unpack
+from ..data import crop_padding, pad_to_multiple
+from .artifact import ProfileArtifact, Store
+
+
+def _ort():
+    try:
+        import onnxruntime as ort
+        from dqsearch_ort.session import SessionConfig
+    except ImportError as e:
+        raise RuntimeError(f"the ort-cpu deployment needs onnxruntime and the dqsearch-ort plugin ({e}): "
+                           "pip install -e backends/onnxruntime") from None
+    return ort, SessionConfig
+
+
+def session(model: onnx.ModelProto | str | Path, threads: int = 1):
+    """A CPU session configured like the ort-cpu latency backend (WeightBiasQuantization disabled,
+    sequential, `threads` intra-op threads)."""
+    _, SessionConfig = _ort()
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model))
+    return SessionConfig(providers=["CPUExecutionProvider"], threads=int(threads)).session(model)
+
+
+def timer(threads: int) -> Callable[[], float]:
+    """Thread CPU time with one thread (immune to other jobs' load), wall time otherwise."""
+    return time.thread_time if threads == 1 else time.perf_counter
+
+
+@dataclass
+class Loaded:
+    """One profile's sessions, created on first use of each transform."""
+
+    artifact: ProfileArtifact
+    threads: int
+    sessions: dict = field(default_factory=dict)
+
+    def prepare(self, transforms: tuple[str, ...]) -> float:
+        """Create the sessions (and load the integer h_s) before anything is timed; returns seconds."""
+        t0 = time.perf_counter()
+        for t in transforms:  # "h_s_int" is the integer hyper-synthesis, the others ONNX sessions
+            if t == "h_s_int":
+                self.artifact.integer_hyper()
+            elif t not in self.sessions:
+                self.sessions[t] = session(self.artifact.onnx_path(t), self.threads)
+        return time.perf_counter() - t0
+
+    def run(self, transform: str, x: np.ndarray) -> np.ndarray:
+        if transform not in self.sessions:
+            self.prepare((transform,))
+        return self.sessions[transform].run(None, {"x": np.ascontiguousarray(x, np.float32)})[0]
+
+
+class Runtime:
+    """Encode and decode with the artifacts in one export folder."""
+
+    def __init__(self, folder: str | Path, threads: int = 1, build_missing: bool = True):
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        self.store = Store.open(folder)
+        self.threads = threads
+        self.build_missing = build_missing
+        self.entropy_bottleneck, self.gaussian_conditional = self.store.entropy_models()
+        self._loaded: dict[tuple[int, ...], Loaded] = {}
+        self.events: list[dict] = []  # cache misses and loads, for reporting
+
+    @property
+    def manifest(self) -> dict:
+        return self.store.manifest
+
+    # --- artifacts ------------------------------------------------------------------------------
+    def loaded(self, bits: tuple[int, ...], transforms: tuple[str, ...]) -> Loaded:
+        """The profile's artifacts with sessions for `transforms`; a profile not on disk yet is
+        built (a cache miss: its build and session-creation seconds go into `events`)."""
+        bits = tuple(int(b) for b in bits)
+        if bits not in self._loaded:
+            t0 = time.perf_counter()
+            art, built = self.store.profile(bits, build=self.build_missing)
+            self._loaded[bits] = Loaded(art, self.threads)
+            self.events.append({"profile": art.key, "cache": "miss" if built else "hit",
+                                "seconds": time.perf_counter() - t0,
+                                **({"build_seconds": art.info["build_seconds"]} if built else {})})
+        lo = self._loaded[bits]
+        missing = tuple(t for t in transforms if t not in lo.sessions and t != "h_s_int")
+        if "h_s_int" in transforms:
+            lo.prepare(("h_s_int",))
+        if missing:
+            self.events.append({"profile": lo.artifact.key, "sessions": list(missing),
+                                "session_seconds": lo.prepare(missing)})
+        return lo
+
+    # --- hyperprior -----------------------------------------------------------------------------
+    def _entropy_parameters(self, lo: Loaded, z_hat: torch.Tensor, hyper: str
+                            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Scale-table indexes (and means, for mean-scale models) from z_hat."""
+        if hyper == "integer":
+            idx = lo.artifact.integer_hyper().indexes(z_hat.numpy())
+            return torch.from_numpy(idx), None
+        params = torch.from_numpy(lo.run("h_s", z_hat.numpy()))
+        means = None
+        if self.manifest["codec"]["means"]:
+            params, means = params.chunk(2, 1)
+        return self.gaussian_conditional.build_indexes(params), means
+
+    # --- codec ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, image: torch.Tensor, bits: tuple[int, ...] | None = None) -> tuple[Encoded, dict]:
+        """[1, 3, H, W] (or [3, H, W]) in [0, 1] → dqsearch bytes; `bits` defaults to the export's
+        profile (fixed models) or the selector's choice for this image (dynamic models)."""
+        if image.dim() == 3:
+            image = image.unsqueeze(0)
+        if image.shape[0] != 1 or image.shape[1] != 3:
+            raise ValueError(f"expected one RGB image, got a tensor of shape {tuple(image.shape)}")
+        _, _, h, w = image.shape
+        t0 = time.perf_counter()
+        x, _ = pad_to_multiple(image, PAD_MULTIPLE)
+        bits = tuple(bits) if bits is not None else self.store.choose_profile(x)
+        hyper = "h_s_int" if self.manifest["options"]["hyper"] == "integer" else "h_s"
+        lo = self.loaded(bits, ("g_a", "h_a", hyper))
+        times: dict[str, float] = {}
+        now = timer(self.threads)
+        t = now()
+        y = lo.run("g_a", x.numpy())
+        times["g_a"] = now() - t
+        t = now()
+        z = torch.from_numpy(lo.run("h_a", y))
+        times["h_a"] = now() - t
+        t = now()
+        z_strings = self.entropy_bottleneck.compress(z)
+        z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+        times["entropy"] = now() - t
+        t = now()
+        indexes, means = self._entropy_parameters(lo, z_hat, self.manifest["options"]["hyper"])
+        times["h_s"] = now() - t
+        t = now()
+        y_strings = self.gaussian_conditional.compress(torch.from_numpy(y), indexes, means=means)
+        times["entropy"] += now() - t
+        header = Header(self.manifest["model_id"], h, w, bits, self.manifest["options"]["hyper"])
+        data = pack(header, [y_strings, z_strings], z.shape[-2:])
+        enc = Encoded(data, dict(zip(self.store.layer_names, bits, strict=True)),
+                      time.perf_counter() - t0, h, w)
+        return enc, {"profile": lo.artifact.key, "times": times}
+
+    @torch.no_grad()
+    def decode(self, data: bytes) -> tuple[torch.Tensor, Header, dict]:
+        """Bytes → ([1, 3, H, W] in [0, 1], header, timings and cache events)."""
+        header, strings, shape = unpack(data)
+        if header.model_id != self.manifest["model_id"]:
+            raise BitstreamError(f"file was written by model {header.model_id}, but this export is "
+                                 f"model {self.manifest['model_id']}: use the export of that checkpoint")
+        if header.hyper == "integer" and self.manifest["options"]["hyper"] != "integer":
+            raise BitstreamError("file was encoded with the integer hyper-synthesis, which this export "
+                                 "lacks: decode with an export made with --hyper integer")
+        if len(header.profile_bits) != len(self.store.layer_names):
+            raise BitstreamError(f"file has {len(header.profile_bits)} layer bit-widths, the model has "
+                                 f"{len(self.store.layer_names)} quantized layers")
+        n_events = len(self.events)
+        lo = self.loaded(header.profile_bits, ("h_s_int" if header.hyper == "integer" else "h_s", "g_s"))
+        now = timer(self.threads)
+        times: dict[str, float] = {}
+        try:
+            t = now()
+            z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
+            times["entropy"] = now() - t
+            t = now()
+            indexes, means = self._entropy_parameters(lo, z_hat, header.hyper)
+            times["h_s"] = now() - t
+            t = now()
+            y_hat = self.gaussian_conditional.decompress(strings[0], indexes, z_hat.dtype, means=means)
+            times["entropy"] += now() - t
+        except (RuntimeError, ValueError, IndexError, TypeError, KeyError) as e:
+            raise BitstreamError(f"entropy-coded payload does not decode ({type(e).__name__}: {e})") from None
+        t = now()
+        x_hat = torch.from_numpy(lo.run("g_s", y_hat.numpy()))
+        times["g_s"] = now() - t
+        hp = -(-header.height // PAD_MULTIPLE) * PAD_MULTIPLE
+        wp = -(-header.width // PAD_MULTIPLE) * PAD_MULTIPLE
+        if tuple(x_hat.shape[-2:]) != (hp, wp):
+            raise BitstreamError(f"decoded size {tuple(x_hat.shape[-2:])} does not match the header")
+        _, pad = pad_to_multiple(torch.empty(1, 1, header.height, header.width), PAD_MULTIPLE)
+        info = {"profile": lo.artifact.key, "times": times, "events": self.events[n_events:]}
+        return crop_padding(x_hat, pad).clamp(0, 1), header, info
+
+
+def profile_of(runtime: Runtime, profile: Mapping[str, int]) -> tuple[int, ...]:
+    """A {layer: bits} profile as the header's bit tuple, in the model's layer order."""
+    return tuple(int(profile[n]) for n in runtime.store.layer_names)
