@@ -101,8 +101,9 @@ class RemoteDevice:
     remote = True
 
     def __init__(self, *, tracker: str | None = None, key: str | None = None, rpc: str | None = None,
-                 compiler: str | None = "aarch64-linux-gnu-g++", threads: int = 1, session_timeout: float = 600,
-                 retries: int = 3, retry_wait: float = 5.0, priority: int = 1) -> None:
+                 compiler: str | None = "aarch64-linux-gnu-g++", threads: int = 1,
+                 session_timeout: float = 600, retries: int = 3, retry_wait: float = 5.0,
+                 priority: int = 1) -> None:
         if bool(tracker) == bool(rpc):
             raise ValueError("tvm-arm needs a board: pass rpc_tracker=HOST:PORT with rpc_key=KEY, or "
                              "rpc=HOST:PORT for a server without tracker (--option KEY=VALUE)")

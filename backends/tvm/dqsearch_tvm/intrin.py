@@ -10,6 +10,9 @@ busy machine), so it happens once, in the tuning process only.
 from __future__ import annotations
 
 import functools
+import importlib
+import importlib.util
+import sys
 
 import tvm
 
@@ -36,10 +39,19 @@ def _vnni_impl():
     return impl
 
 
+def _load_cpu_intrinsics() -> None:
+    pkg = "tvm.s_tir.tensor_intrin"
+    if pkg not in sys.modules:  # an unexecuted package object lets the submodules import alone
+        spec = importlib.util.find_spec(pkg)
+        sys.modules[pkg] = importlib.util.module_from_spec(spec)
+    for name in ("x86", "arm_cpu"):
+        importlib.import_module(f"{pkg}.{name}")
+
+
 @functools.cache
 def register_intrinsics() -> bool:
-    """Load TVM's tensor intrinsics and fix VNNI's for LLVM ≥ 22; True when it was overridden."""
-    import tvm.s_tir.tensor_intrin  # noqa: F401  (registers all intrinsics)
+    """Register TVM's CPU tensor intrinsics and fix VNNI's for LLVM ≥ 22; True when overridden."""
+    _load_cpu_intrinsics()
     from tvm.s_tir import TensorIntrin
     from tvm.s_tir.tensor_intrin.x86 import dot_product_16x4_u8i8i32_desc
 

@@ -123,6 +123,11 @@ class Quantized:
     x_zero: int
     x_range: tuple[int, int]
 
+    @property
+    def params(self) -> np.ndarray:
+        """The `quantize` kernel's runtime parameters: [1 / scale, zero point] (float32)."""
+        return np.array([1.0 / self.x_scale, self.x_zero], dtype=np.float32)
+
 
 def weight_scales(w: np.ndarray, wmax: int) -> np.ndarray:
     m = np.abs(w.reshape(w.shape[0], -1)).max(axis=1)
@@ -160,7 +165,7 @@ def pack_weight(wq: np.ndarray) -> np.ndarray:
 
 
 # --- TE computes --------------------------------------------------------------------------------
-def _source(g: Geometry, y: tirx.PrimExpr, x: tirx.PrimExpr, axis: int) -> tuple[tirx.PrimExpr, tirx.PrimExpr]:
+def _source(g: Geometry, y: tirx.PrimExpr, x: tirx.PrimExpr, axis: int) -> tuple[tirx.PrimExpr, ...]:
     """Map a coordinate of the padded/zero-inserted input to (valid, source index)."""
     d = (y if axis == 0 else x) - g.pad_before[axis]
     step, size = g.insert[axis], (g.h, g.w)[axis]
@@ -170,21 +175,29 @@ def _source(g: Geometry, y: tirx.PrimExpr, x: tirx.PrimExpr, axis: int) -> tuple
     return tirx.all(d >= 0, idx < size, tirx.floormod(d, step) == 0), idx
 
 
-def quantize(g: Geometry, x: te.Tensor, container: str, x_scale: float, x_zero: int,
+def quantize(g: Geometry, x: te.Tensor, params: te.Tensor, container: str,
              x_range: tuple[int, int]) -> te.Tensor:
     """Float NCHW → the integer input of the conv kernel, padding (and zero insertion) included:
-    positions outside the input hold the zero point, i.e. the real value 0."""
+    positions outside the input hold the zero point, i.e. the real value 0.
+
+    `params` = [1 / scale, zero point] is a tensor argument, not a constant in the kernel, so
+    layers of one shape with different activation ranges share one workload (and tuning record).
+    """
     lo, hi = x_range
     dtype = DTYPE[container]
+    inv_scale, zero = params[0], params[1]
 
     def q(n, c, y, xx):
         vy, iy = _source(g, y, xx, 0)
         vx, ix = _source(g, y, xx, 1)
         ok = tirx.all(vy, vx, c < g.c)
-        safe = (n, tirx.min(c, g.c - 1), tirx.max(tirx.min(iy, g.h - 1), 0), tirx.max(tirx.min(ix, g.w - 1), 0))
-        v = tirx.round(x[safe] * (1.0 / x_scale)) + float(x_zero)
+        def clamp(i, size):
+            return tirx.max(tirx.min(i, size - 1), 0)
+
+        safe = (n, tirx.min(c, g.c - 1), clamp(iy, g.h), clamp(ix, g.w))
+        v = tirx.round(x[safe] * inv_scale) + zero
         v = tirx.max(tirx.min(v, float(hi)), float(lo))
-        return tirx.if_then_else(ok, v.astype(dtype), tirx.const(x_zero, dtype))
+        return tirx.if_then_else(ok, v, zero).astype(dtype)
 
     if container == "int8":
         cb = _ceil_to(g.c, IC_BLOCK) // IC_BLOCK
@@ -193,8 +206,8 @@ def quantize(g: Geometry, x: te.Tensor, container: str, x_scale: float, x_zero: 
     return te.compute((g.n, g.c, g.in_h, g.in_w), lambda n, c, y, xx: q(n, c, y, xx), name="quantize")
 
 
-def conv_int8(g: Geometry, xq: te.Tensor, wq: te.Tensor, offset: te.Tensor, scale: te.Tensor) -> te.Tensor:
-    """uint8 × int8 → int32 in NCHWc, then float NCHW = (acc − offset) · scale."""
+def conv_int8_acc(g: Geometry, xq: te.Tensor, wq: te.Tensor) -> te.Tensor:
+    """uint8 [n, C/4, h, w, 4] × int8 [K/16, C/4, kh, kw, 1, 16, 4] → int32 [n, K/16, oh, ow, 16]."""
     cb, kb = xq.shape[1], wq.shape[0]
     ico = te.reduce_axis((0, cb), "ico")
     ici = te.reduce_axis((0, 1), "ici")
@@ -202,13 +215,18 @@ def conv_int8(g: Geometry, xq: te.Tensor, wq: te.Tensor, offset: te.Tensor, scal
     r = te.reduce_axis((0, g.kh), "r")
     s = te.reduce_axis((0, g.kw), "s")
     (sh, sw), (dh, dw) = g.stride, g.dilation
-    acc = te.compute(
+    return te.compute(
         (g.n, kb, g.out_h, g.out_w, OC_BLOCK),
         lambda n, ko, y, x, ki: te.sum(
             xq[n, ico, y * sh + r * dh, x * sw + s * dw, ici * 4 + k4].astype("int32")
             * wq[ko, ico, r, s, ici, ki, k4].astype("int32"),
             axis=[r, s, ico, ici, k4]),
         name="conv_int8")
+
+
+def conv_int8(g: Geometry, xq: te.Tensor, wq: te.Tensor, offset: te.Tensor, scale: te.Tensor) -> te.Tensor:
+    """uint8 × int8 → int32 in NCHWc, then float NCHW = (acc − offset) · scale."""
+    acc = conv_int8_acc(g, xq, wq)
     return te.compute(
         (g.n, g.k, g.out_h, g.out_w),
         lambda n, k, y, x: (acc[n, k // OC_BLOCK, y, x, k % OC_BLOCK] - offset[k]).astype("float32")
@@ -265,12 +283,6 @@ def reference_int32(xq: np.ndarray, wq: np.ndarray, stride: tuple[int, int],
     return out.astype(np.int32)
 
 
-def unpack_data(xq: np.ndarray, channels: int) -> np.ndarray:
-    """[n, C/4, h, w, 4] → NCHW (dropping channel padding)."""
-    n, cb, h, w, ci = xq.shape
-    return xq.transpose(0, 1, 4, 2, 3).reshape(n, cb * ci, h, w)[:, :channels]
-
-
 def unpack_weight(wp: np.ndarray, out_channels: int, in_channels: int) -> np.ndarray:
     kb, cb, kh, kw, _, ko, ki = wp.shape
     w = wp.transpose(0, 5, 1, 4, 6, 2, 3).reshape(kb * ko, cb * ki, kh, kw)
@@ -280,3 +292,25 @@ def unpack_weight(wp: np.ndarray, out_channels: int, in_channels: int) -> np.nda
 def macs_ratio(spec: LayerSpec) -> float:
     """int8 kernel MACs / the layer's own MACs (≥ 1: padding, zero insertion)."""
     return int8_macs(spec) / max(1, spec.macs)
+
+
+def quantize_numpy(spec: LayerSpec, x: np.ndarray, container: str, q: Quantized) -> np.ndarray:
+    """NumPy twin of `quantize`: the padded (zero-inserted) NCHW integer input, unpacked."""
+    g = geometry(spec)
+    lo, hi = q.x_range
+    inv, zero = q.params
+    v = np.clip(np.round(x.astype(np.float32) * inv) + zero, lo, hi)
+    out = np.full((g.n, g.c, g.in_h, g.in_w), q.x_zero, dtype=np.int64)
+    (ph, pw), (sh, sw) = g.pad_before, g.insert
+    out[:, :, ph: ph + (g.h - 1) * sh + 1: sh, pw: pw + (g.w - 1) * sw + 1: sw] = v
+    return out
+
+
+def layer_numpy(spec: LayerSpec, x: np.ndarray, container: str, q: Quantized) -> np.ndarray:
+    """NumPy reference of an integer layer: quantize, int32 convolution, dequantize."""
+    g = geometry(spec)
+    xq = quantize_numpy(spec, x, container, q)
+    wq = (unpack_weight(q.weight, g.k, g.c) if container == "int8" else q.weight)
+    acc = reference_int32(xq, wq, g.stride, g.dilation)
+    centred = (acc - q.offset[:g.k, None, None]).astype(np.float32)
+    return (centred * q.scale[:g.k, None, None]).astype(np.float32)

@@ -42,8 +42,8 @@ def emit_layer(bb: relax.BlockBuilder, spec: LayerSpec, container: str, x: relax
                           primfunc_name_hint=tag, primfunc_attrs=OPAQUE)
     g = kernels.geometry(spec)
     q = kernels.quantize_weights(spec, weight, container, x_absmax)
-    xq = bb.emit_te(lambda x_: kernels.quantize(g, x_, container, q.x_scale, q.x_zero, q.x_range), x,
-                    primfunc_name_hint=f"quantize_{tag}", primfunc_attrs=OPAQUE)
+    xq = bb.emit_te(lambda x_, p_: kernels.quantize(g, x_, p_, container, q.x_range), x,
+                    relax.const(q.params), primfunc_name_hint=f"quantize_{tag}", primfunc_attrs=OPAQUE)
     if container == "int8":
         return bb.emit_te(lambda a, w_, o, s: kernels.conv_int8(g, a, w_, o, s), xq, relax.const(q.weight),
                           relax.const(q.offset), relax.const(q.scale), primfunc_name_hint=tag,

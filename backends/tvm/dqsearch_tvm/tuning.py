@@ -88,7 +88,9 @@ class Tuner:
 
     @staticmethod
     def workload_key(task: Any) -> str:
-        return f"{tvm.ir.structural_hash(task.dispatched[0]) & 0xFFFFFFFFFFFFFFFF:016x}"
+        import tvm_ffi
+
+        return f"{tvm_ffi.structural_hash(task.dispatched[0]) & 0xFFFFFFFFFFFFFFFF:016x}"
 
     def missing(self, mod: tvm.IRModule) -> list[Any]:
         """Tasks of `mod` that have had fewer than the requested trials (or no record)."""
@@ -125,9 +127,11 @@ class Tuner:
         runner = self._runner() if self._runner else ms.runner.LocalRunner(
             timeout_sec=opts.run_timeout,
             evaluator_config=ms.runner.EvaluatorConfig(number=1, repeat=1, min_repeat_ms=20))
-        quiet = logging.getLogger("tvm.s_tir.meta_schedule")
-        level = quiet.level
-        quiet.setLevel(logging.WARNING)
+        names = [n for n in logging.root.manager.loggerDict if n.startswith("tvm.s_tir.meta_schedule")]
+        quiet = [logging.getLogger(n) for n in names]
+        levels = [q.level for q in quiet]
+        for q in quiet:
+            q.setLevel(logging.WARNING)
         try:
             ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(self.dir),
                                max_trials_global=opts.trials * len(contexts), max_trials_per_task=opts.trials,
@@ -135,7 +139,8 @@ class Tuner:
                                builder=builder, runner=runner, database=self.database,
                                cost_model=ms.cost_model.XGBModel(num_tuning_cores=1))
         finally:
-            quiet.setLevel(level)
+            for q, level in zip(quiet, levels, strict=True):
+                q.setLevel(level)
         elapsed = time.perf_counter() - started
         self.tuned_seconds += elapsed
         self._record_trials({self.workload_key(t): {"name": t.task_name, "trials": opts.trials,
