@@ -20,7 +20,8 @@ from .backend import TvmBackend
 from .device import LocalDevice, RemoteDevice
 from .target import ARM_TARGET
 
-_DEVICE_OPTIONS = ("rpc_tracker", "rpc_key", "rpc", "cc", "rpc_timeout", "rpc_retries", "rpc_retry_wait")
+_DEVICE_OPTIONS = ("rpc_tracker", "rpc_key", "rpc", "cc", "rpc_timeout", "rpc_retries", "rpc_retry_wait",
+                   "rpc_connect_timeout")
 
 
 def cpu(**options: Any) -> TvmBackend:
@@ -35,7 +36,8 @@ def arm(**options: Any) -> TvmBackend:
     Options: rpc_tracker=HOST:PORT with rpc_key=KEY, or rpc=HOST:PORT; target (default
     {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}); cc (cross compiler,
     default aarch64-linux-gnu-g++; "host" links with the host's compiler); rpc_timeout (session
-    seconds), rpc_retries, rpc_retry_wait; plus every tvm-cpu option.
+    seconds), rpc_retries, rpc_retry_wait (seconds, growing per retry), rpc_connect_timeout (how
+    long to wait for a busy board); plus every tvm-cpu option.
     """
     options.pop("spec", None)
     dev = {k: options.pop(k) for k in _DEVICE_OPTIONS if k in options}
@@ -51,7 +53,8 @@ def arm(**options: Any) -> TvmBackend:
                           compiler=compiler, threads=int(options.get("threads") or 1),
                           session_timeout=float(dev.get("rpc_timeout", 600)),
                           retries=int(dev.get("rpc_retries", 3)),
-                          retry_wait=float(dev.get("rpc_retry_wait", 5.0)))
+                          retry_wait=float(dev.get("rpc_retry_wait", 5.0)),
+                          connect_timeout=float(dev.get("rpc_connect_timeout", 120.0)))
     options.setdefault("target", dict(ARM_TARGET))
     return TvmBackend("tvm-arm", device=device, **options)
 

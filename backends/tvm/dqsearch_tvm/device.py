@@ -12,7 +12,9 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import queue
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -103,7 +105,7 @@ class RemoteDevice:
     def __init__(self, *, tracker: str | None = None, key: str | None = None, rpc: str | None = None,
                  compiler: str | None = "aarch64-linux-gnu-g++", threads: int = 1,
                  session_timeout: float = 600, retries: int = 3, retry_wait: float = 5.0,
-                 priority: int = 1) -> None:
+                 priority: int = 1, connect_timeout: float = 120.0) -> None:
         if bool(tracker) == bool(rpc):
             raise ValueError("tvm-arm needs a board: pass rpc_tracker=HOST:PORT with rpc_key=KEY, or "
                              "rpc=HOST:PORT for a server without tracker (--option KEY=VALUE)")
@@ -114,7 +116,7 @@ class RemoteDevice:
         self.direct = parse_address(rpc, "rpc") if rpc else None
         self.key, self.compiler, self.threads = key, compiler or None, int(threads)
         self.session_timeout, self.retries, self.retry_wait = session_timeout, int(retries), retry_wait
-        self.priority = priority
+        self.priority, self.connect_timeout = priority, float(connect_timeout)
         self._session: Any = None
         self._tmp = tempfile.TemporaryDirectory(prefix="dqsearch-tvm-rpc-")
         self._count = 0
@@ -134,9 +136,7 @@ class RemoteDevice:
             from tvm import rpc
 
             if self.tracker:
-                tracker = rpc.connect_tracker(*self.tracker)
-                self._session = tracker.request(self.key, priority=self.priority,
-                                                session_timeout=self.session_timeout, max_retry=2)
+                self._session = self._request_from_tracker()
             else:
                 self._session = rpc.connect(*self.direct, session_timeout=self.session_timeout)
             try:
@@ -144,6 +144,36 @@ class RemoteDevice:
             except Exception as e:  # older runtimes: the board's TVM_NUM_THREADS decides
                 log.warning("could not set the board's thread count: %s", e)
         return self._session
+
+    def _request_from_tracker(self) -> Any:
+        """Ask the tracker for the board; a tracker queues requests for a key forever, so fail
+        fast when no server has that key and give up after `connect_timeout` when all are busy."""
+        from tvm import rpc
+
+        tracker = rpc.connect_tracker(*self.tracker)
+        servers = [s for s in tracker.summary().get("server_info", [])
+                   if str(s.get("key", "")).split(":", 1)[-1] == self.key]
+        if not servers:
+            raise ConnectionError(f"no rpc_server is registered with key {self.key!r} at tracker "
+                                  f"{self.tracker[0]}:{self.tracker[1]}")
+        result: queue.Queue = queue.Queue(1)
+
+        def request() -> None:
+            try:
+                result.put(tracker.request(self.key, priority=self.priority,
+                                           session_timeout=self.session_timeout, max_retry=2))
+            except Exception as e:  # handed to the caller
+                result.put(e)
+
+        threading.Thread(target=request, daemon=True).start()
+        try:
+            got = result.get(timeout=self.connect_timeout)
+        except queue.Empty:
+            raise TimeoutError(f"the tracker gave no free {self.key!r} board within "
+                               f"{self.connect_timeout:.0f} s (all busy?)") from None
+        if isinstance(got, Exception):
+            raise got
+        return got
 
     def reset(self) -> None:
         self._session = None
@@ -154,7 +184,9 @@ class RemoteDevice:
         for attempt in range(self.retries + 1):
             try:
                 return fn(self.session())
-            except (tvm.error.TVMError, ConnectionError, TimeoutError, OSError, RuntimeError) as e:
+            except (ValueError, TypeError, KeyError, AttributeError):
+                raise  # a bug or bad input, not the board: retrying cannot help
+            except Exception as e:  # RPCError, session timeouts, dropped sockets, a crashed server
                 last = e
                 self.failures.append(f"{what}: {type(e).__name__}: {str(e).strip().splitlines()[0][:200]}")
                 log.warning("%s on %s failed (attempt %d/%d): %s", what, self._where(), attempt + 1,
