@@ -37,6 +37,21 @@ def _build_without_intrinsic_import(mod: tvm.IRModule, target: Target, _params: 
     return tvm_build(mod, target=target)
 
 
+def _quiet() -> dict[str, int]:
+    """meta-schedule logs every builder/runner start at INFO; keep the progress output readable."""
+    names = ["tvm.s_tir.meta_schedule"] + [n for n in logging.root.manager.loggerDict
+                                           if n.startswith("tvm.s_tir.meta_schedule")]
+    levels = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.WARNING)
+    return levels
+
+
+def _restore(levels: dict[str, int]) -> None:
+    for n, level in levels.items():
+        logging.getLogger(n).setLevel(level)
+
+
 @dataclass
 class TuningOptions:
     trials: int = 0  # per workload; 0 = untuned builds
@@ -111,12 +126,25 @@ class Tuner:
         tasks = self.missing(mod)
         if not tasks:
             return []
-        from tvm.s_tir import meta_schedule as ms
-
         from .intrin import register_intrinsics
 
         register_intrinsics()
         started = time.perf_counter()
+        levels = _quiet()
+        try:
+            self._tune(tasks)
+        finally:
+            _restore(levels)
+        elapsed = time.perf_counter() - started
+        self.tuned_seconds += elapsed
+        self._record_trials({self.workload_key(t): {"name": t.task_name, "trials": self.options.trials,
+                                                    "seconds": round(elapsed / len(tasks), 1)}
+                             for t in tasks})
+        return [t.task_name for t in tasks]
+
+    def _tune(self, tasks: list[Any]) -> None:
+        from tvm.s_tir import meta_schedule as ms
+
         opts = self.options
         strategy = ms.search_strategy.EvolutionarySearch(population_size=opts.population,
                                                          init_min_unmeasured=min(50, opts.population))
@@ -127,23 +155,8 @@ class Tuner:
         runner = self._runner() if self._runner else ms.runner.LocalRunner(
             timeout_sec=opts.run_timeout,
             evaluator_config=ms.runner.EvaluatorConfig(number=1, repeat=1, min_repeat_ms=20))
-        names = [n for n in logging.root.manager.loggerDict if n.startswith("tvm.s_tir.meta_schedule")]
-        quiet = [logging.getLogger(n) for n in names]
-        levels = [q.level for q in quiet]
-        for q in quiet:
-            q.setLevel(logging.WARNING)
-        try:
-            ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(self.dir),
-                               max_trials_global=opts.trials * len(contexts), max_trials_per_task=opts.trials,
-                               num_trials_per_iter=min(opts.trials_per_iter, opts.trials),
-                               builder=builder, runner=runner, database=self.database,
-                               cost_model=ms.cost_model.XGBModel(num_tuning_cores=1))
-        finally:
-            for q, level in zip(quiet, levels, strict=True):
-                q.setLevel(level)
-        elapsed = time.perf_counter() - started
-        self.tuned_seconds += elapsed
-        self._record_trials({self.workload_key(t): {"name": t.task_name, "trials": opts.trials,
-                                                    "seconds": round(elapsed / len(tasks), 1)}
-                             for t in tasks})
-        return [t.task_name for t in tasks]
+        ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(self.dir),
+                           max_trials_global=opts.trials * len(contexts), max_trials_per_task=opts.trials,
+                           num_trials_per_iter=min(opts.trials_per_iter, opts.trials),
+                           builder=builder, runner=runner, database=self.database,
+                           cost_model=ms.cost_model.XGBModel(num_tuning_cores=1))
