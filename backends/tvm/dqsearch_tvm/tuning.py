@@ -44,6 +44,11 @@ def _quiet() -> dict[str, int]:
     levels = {n: logging.getLogger(n).level for n in names}
     for n in names:
         logging.getLogger(n).setLevel(logging.WARNING)
+    # meta-schedule re-configures its logger by handler *name* on every tuning call and crashes on
+    # an unnamed handler (one the previous call's dictConfig left behind under pytest)
+    top = logging.getLogger("tvm.s_tir.meta_schedule")
+    for h in [h for h in top.handlers if h.get_name() is None]:
+        top.removeHandler(h)
     return levels
 
 

@@ -151,3 +151,11 @@ def test_lost_board_is_retried_then_reported(tracker: int, server: Proc) -> None
         replacement.stop()
     check_measurement(first, "kept")
     assert backend.device.failures, "failed attempts are recorded"
+
+
+def test_tuning_over_rpc(tracker: int, server: Proc, tmp_path) -> None:
+    """meta-schedule's RPC runner measures the candidates on the board (via the tracker)."""
+    backend = board(tracker, tune_trials=1, population=8, tuning_db=str(tmp_path))
+    check_measurement(backend.profile_layer(conv_spec("l", 16, 8), 8), "tuned over rpc")
+    assert backend.tuner.tuned_seconds > 0 and not backend.untuned_kernels
+    assert (backend.tuner.dir / "trials.json").is_file()
