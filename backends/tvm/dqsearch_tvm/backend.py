@@ -131,9 +131,10 @@ class TvmBackend(Backend):
 
     def _compile(self, mod: tvm.IRModule) -> build.Built:
         tuned = self.tuner.options.trials > 0
+        prepared = build.prepare(mod, self._tvm_target)
         if tuned:
-            self.tuner.ensure(mod)
-        built = build.compile_module(mod, self._tvm_target, self.tuner.database if tuned else None)
+            self.tuner.ensure(mod, prepared[1])
+        built = build.compile_module(mod, self._tvm_target, self.tuner.database if tuned else None, prepared)
         if tuned and built.untuned:
             log.warning("%s: no tuning record for %s (every candidate failed?); built untuned",
                         self.name, built.untuned)

@@ -40,19 +40,25 @@ def workloads(mod: tvm.IRModule, target: Target) -> list[Any]:
     return list(ms.relax_integration.extract_tasks(mod, target))
 
 
-def compile_module(mod: tvm.IRModule, target: Target, database: Any | None = None) -> Built:
-    """Compile a Relax module (already lowered or not) for `target`, tuned where records exist."""
+def prepare(mod: tvm.IRModule, target: Target) -> tuple[tvm.IRModule, list[Any]]:
+    """The lowered module and its tuning tasks (lowering once serves tuning and compiling)."""
+    lowered = lower(mod, target)
+    return lowered, workloads(lowered, target)
+
+
+def compile_module(mod: tvm.IRModule, target: Target, database: Any | None = None,
+                   prepared: tuple[tvm.IRModule, list[Any]] | None = None) -> Built:
+    """Compile a Relax module for `target`, tuned where the database has records."""
     from tvm.relax.backend.cpu_generic.pipeline import dataflow_lower_passes, finalize_passes
 
-    lowered = lower(mod, target)
+    lowered, tasks = prepared or prepare(mod, target)
     tuned, untuned = [], []
+    for task in tasks:
+        has = database is not None and database.has_workload(task.dispatched[0])
+        (tuned if has else untuned).append(task.task_name)
     if database is not None:
-        for task in workloads(lowered, target):
-            (tuned if database.has_workload(task.dispatched[0]) else untuned).append(task.task_name)
         with target, database:
             lowered = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(lowered)
-    else:
-        untuned = [t.task_name for t in workloads(lowered, target)]
     rest = tvm.transform.Sequential(dataflow_lower_passes(target) + finalize_passes(target))
     with target:
         ex = tvm.compile(lowered, target=target, relax_pipeline=rest)

@@ -112,23 +112,25 @@ class Tuner:
 
         return f"{tvm_ffi.structural_hash(task.dispatched[0]) & 0xFFFFFFFFFFFFFFFF:016x}"
 
-    def missing(self, mod: tvm.IRModule) -> list[Any]:
-        """Tasks of `mod` that have had fewer than the requested trials (or no record)."""
-        lowered = build.lower(mod, self.target)
+    def missing(self, tasks: list[Any]) -> list[Any]:
+        """The tasks that have had fewer than the requested trials (or have no record)."""
         trials = self._trials()
         db = self.database
         out = []
-        for task in build.workloads(lowered, self.target):
+        for task in tasks:
             had = trials.get(self.workload_key(task), {}).get("trials", 0)
             if had < self.options.trials or not db.has_workload(task.dispatched[0]):
                 out.append(task)
         return out
 
-    def ensure(self, mod: tvm.IRModule) -> list[str]:
-        """Tune the workloads of `mod` the database lacks; returns the names tuned now."""
+    def ensure(self, mod: tvm.IRModule, tasks: list[Any] | None = None) -> list[str]:
+        """Tune the workloads of `mod` (or the given tasks of it) the database lacks; returns the
+        names tuned now."""
         if self.options.trials <= 0:
             return []
-        tasks = self.missing(mod)
+        if tasks is None:
+            tasks = build.prepare(mod, self.target)[1]
+        tasks = self.missing(tasks)
         if not tasks:
             return []
         from .intrin import register_intrinsics
