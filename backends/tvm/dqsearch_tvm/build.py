@@ -57,6 +57,9 @@ def compile_module(mod: tvm.IRModule, target: Target, database: Any | None = Non
         has = database is not None and database.has_workload(task.dispatched[0])
         (tuned if has else untuned).append(task.task_name)
     if database is not None:
+        from .intrin import register_intrinsics
+
+        register_intrinsics()  # tuned records replay tensorize steps by intrinsic name
         with target, database:
             lowered = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(lowered)
     rest = tvm.transform.Sequential(dataflow_lower_passes(target) + finalize_passes(target))
