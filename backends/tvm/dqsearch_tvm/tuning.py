@@ -84,6 +84,9 @@ class Tuner:
         from tvm.s_tir import meta_schedule as ms
 
         if self._db is None:
+            from .intrin import register_intrinsics
+
+            register_intrinsics()  # loading records replays tensorize steps by intrinsic name
             self.dir.mkdir(parents=True, exist_ok=True)
             (self.dir / "target.json").write_text(json.dumps(self.target_spec, indent=1) + "\n")
             self._db = ms.database.JSONDatabase(work_dir=str(self.dir), module_equality="structural")
