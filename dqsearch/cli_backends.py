@@ -31,6 +31,16 @@ def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
         opts[key.replace("-", "_")] = value
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
+    for flag in ("tune_trials", "rpc_tracker", "rpc_key", "rpc"):
+        value = getattr(args, flag, None)
+        if value is None:
+            continue
+        if flag in opts and opts[flag] != value:
+            raise UsageError(f"--{flag.replace('_', '-')} {value} contradicts "
+                             f"--option {flag}={opts[flag]}; give one")
+        opts[flag] = value
+    if getattr(args, "tune_trials", None) is not None and args.tune_trials < 0:
+        raise UsageError(f"--tune-trials must be 0 or more, got {args.tune_trials}")
     return opts
 
 
@@ -40,6 +50,13 @@ def _add_backend_args(p: argparse.ArgumentParser, required: bool = True) -> None
     p.add_argument("--spec", help="device file for `--backend sim` (TOML; or a shipped name)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="backend-specific option, e.g. repeats=30 (repeatable)")
+    # Shortcuts for the options of the TVM backends (same as --option tune_trials=N, ...).
+    p.add_argument("--tune-trials", type=int, metavar="N",
+                   help="tuning trials per kernel workload, for backends that tune (tvm-cpu, tvm-arm)")
+    p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="TVM RPC tracker of the board (tvm-arm)")
+    p.add_argument("--rpc-key", metavar="KEY", help="key the board registered with at the tracker (tvm-arm)")
+    p.add_argument("--rpc", metavar="HOST:PORT",
+                   help="a standalone TVM RPC server instead of a tracker (tvm-arm)")
 
 
 def _load_model(args: argparse.Namespace):

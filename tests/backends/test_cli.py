@@ -81,6 +81,12 @@ def test_profile_with_a_device_file(capsys, tmp_path):
     (["profile", "--backend", "sim-npu", "--input", "big", "-o", "x.json"], "write HxW"),
     (["profile", "--backend", "sim-npu", "--option", "oops", "-o", "x.json"], "KEY=VALUE"),
     (["latency", "validate", "missing.json"], "does not exist"),
+    (["profile", "--backend", "sim-npu", "--tune-trials", "4", "-o", "x.json"],
+     "does not accept options ['tune_trials']"),
+    (["profile", "--backend", "sim-npu", "--rpc-tracker", "h:9190", "--option", "rpc_tracker=g:1",
+      "-o", "x.json"],
+     "contradicts --option rpc_tracker=g:1"),
+    (["profile", "--backend", "sim-npu", "--tune-trials", "-1", "-o", "x.json"], "0 or more"),
 ])
 def test_errors_are_one_line(capsys, tmp_path, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
@@ -94,3 +100,12 @@ def test_validate_refuses_another_backend(capsys, tmp_path):
         "--bits", "8,32", "-o", str(out), "--no-progress")
     code, _, err = run(capsys, "latency", "validate", str(out), "--backend", "sim-stripes", "--samples", "2")
     assert code == 2 and "measured on sim-npu" in err
+
+
+def test_tvm_shortcut_flags_become_backend_options():
+    parser = cli.build_parser()
+    args = parser.parse_args(["profile", "--backend", "tvm-arm", "--tune-trials", "16", "--rpc-tracker",
+                              "10.0.0.2:9190", "--rpc-key", "rk3588", "--option", "rpc_timeout=60"])
+    opts = cli_backends._backend_options(args)
+    assert opts["tune_trials"] == 16 and opts["rpc_tracker"] == "10.0.0.2:9190"
+    assert opts["rpc_key"] == "rk3588" and opts["rpc_timeout"] == 60 and "rpc" not in opts
