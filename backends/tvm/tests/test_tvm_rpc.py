@@ -159,3 +159,44 @@ def test_tuning_over_rpc(tracker: int, server: Proc, tmp_path) -> None:
     check_measurement(backend.profile_layer(conv_spec("l", 16, 8), 8), "tuned over rpc")
     assert backend.tuner.tuned_seconds > 0 and not backend.untuned_kernels
     assert (backend.tuner.dir / "trials.json").is_file()
+
+
+def test_board_killed_mid_profile_keeps_the_table_and_resumes(tracker: int, server: Proc, tmp_path) -> None:
+    """The board dies during `dqsearch profile`: the retries fail, the run stops with a clear
+    error, every layer measured so far is in the table file, and `--resume` finishes it."""
+    import json
+
+    from dqsearch.backends.profiling import profile_table
+
+    out = tmp_path / "arm.json"
+    backend = board(tracker, rpc_retries=1, rpc_retry_wait=0.5)
+    measured = []
+    real = backend.profile_layer
+
+    def profile_layer_then_kill(spec, bits):
+        result = real(spec, bits)
+        measured.append((spec.name, bits))
+        if len(measured) == 3:
+            os.killpg(server.p.pid, signal.SIGKILL)  # the board dies after the third measurement
+        return result
+
+    backend.profile_layer = profile_layer_then_kill
+    with pytest.raises(BackendError, match="failed 2 times"):
+        profile_table(backend, tiny_model(), TINY_INPUT, (8, 32), out, progress=False)
+    saved = json.loads(out.read_text())
+    assert not saved["complete"]
+    kept = {(name, int(b)) for name, layer in saved["layers"].items() for b in layer["latency"]}
+    assert {(n, b) for n, b in measured[:3]} <= kept, "measurements before the failure are lost"
+
+    replacement, _ = start_server(tracker)
+    try:
+        wait_for(lambda: server_registered(tracker), "RPC server registration")
+        table = profile_table(board(tracker), tiny_model(), TINY_INPUT, (8, 32), out, resume=True,
+                              progress=False)
+    finally:
+        replacement.stop()
+    done = json.loads(out.read_text())
+    assert done["complete"] and set(done["layers"]) == set(table.layers)
+    assert all(set(layer["latency"]) == {"8", "32"} for layer in done["layers"].values())
+    for name, b in measured[:3]:  # resumed, not re-measured
+        assert done["layers"][name]["latency"][str(b)] == saved["layers"][name]["latency"][str(b)]
