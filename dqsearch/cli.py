@@ -412,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (UsageError, CheckpointError, ImageError, FileNotFoundError, RuntimeError,
-            ValueError, KeyError) as e:
+            ValueError, KeyError, FloatingPointError) as e:
         if os.environ.get("DQSEARCH_DEBUG"):
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e

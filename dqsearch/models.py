@@ -51,6 +51,10 @@ DEFAULT_ARGS: dict[str, dict[str, int]] = {
 CHECKPOINT_FORMAT = 1
 # Entropy-coder tables that `update()` derives from the weights; compact checkpoints omit them.
 DERIVED_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length")
+# Constants the architecture's constructor fixes (CompressAI's LowerBound bounds, GDN's pedestal).
+# Loading always takes them from the constructed model: fp16 flushes the likelihood bound 1e-9 to
+# 0, and a zero bound lets a likelihood reach 0 and the rate term become infinite in training.
+CONSTANT_BUFFERS = (".bound", ".pedestal")
 EMBEDDED_QUALITIES = (1, 2, 3, 4)
 DEFAULT_EMBEDDED_QUALITY = 3
 
@@ -177,6 +181,8 @@ def load_checkpoint(path: str | Path, with_train_state: bool = False) -> LoadedC
         if policy is not None:
             wrap(model, policy)
         sd = {k: v.float() if v.is_floating_point() else v for k, v in raw["state_dict"].items()}
+        constants = {k: v for k, v in model.state_dict().items() if k.endswith(CONSTANT_BUFFERS)}
+        sd.update({k: v for k, v in constants.items() if k in sd})
         if any(k.endswith(DERIVED_BUFFERS) for k in sd):
             model.load_state_dict(sd)
         else:  # a compact checkpoint: everything but the derived tables must be there

@@ -82,3 +82,25 @@ def test_default_model_round_trip_finds_the_embedded_checkpoint(tmp_path, capsys
     from dqsearch.evaluate import psnr
 
     assert psnr(load_image(img), load_image(tmp_path / "a.png")) > 24
+
+
+def test_diverged_training_is_one_clear_line(capsys, monkeypatch):
+    """A loss that becomes inf/NaN ends the command with train's message, not a traceback."""
+    import dqsearch.cli as cli_module
+
+    def diverge(args):
+        raise FloatingPointError("loss became inf at step 3; lower the learning rate")
+
+    parser = cli_module.build_parser
+    monkeypatch.setattr(cli_module, "build_parser", lambda: _with_func(parser(), "compare", diverge))
+    code = cli_module.main(["compare", "studies/table1.toml"])
+    err = capsys.readouterr().err
+    assert code == 2 and "loss became inf at step 3" in err and "Traceback" not in err
+
+
+def _with_func(parser, command, func):
+    import argparse
+
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub.choices[command].set_defaults(func=func)
+    return parser

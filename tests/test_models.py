@@ -36,6 +36,23 @@ def test_half_precision_save_keeps_model_usable(tmp_path):
     ck = load_checkpoint(path)
     w, w16 = model.g_a[0].weight, ck.model.g_a[0].weight
     assert w16.dtype == torch.float32 and torch.allclose(w, w16, rtol=1e-3, atol=1e-4)
+    # fp16 flushes the likelihood bound (1e-9) to zero; the loader restores the constructor's
+    # constants, so a far-off latent costs ~30 bits instead of an infinite rate.
+    assert ck.model.gaussian_conditional.likelihood_lower_bound.bound.item() == pytest.approx(1e-9)
+    assert ck.model.entropy_bottleneck.likelihood_lower_bound.bound.item() == pytest.approx(1e-9)
+    y = torch.full((1, 24, 2, 2), 1e4)
+    _, lk = ck.model.gaussian_conditional(y, torch.full_like(y, 0.2), training=False)
+    assert torch.isfinite(torch.log2(lk)).all()
+
+
+def test_constants_come_from_the_architecture_even_if_the_file_zeroed_them(tmp_path):
+    model = build_model("bmshj2018-hyperprior", N=16, M=24)
+    model.gaussian_conditional.likelihood_lower_bound.bound.zero_()  # as older compact files held
+    path = tmp_path / "z.pt"
+    mid = save_checkpoint(path, model, "bmshj2018-hyperprior", {"N": 16, "M": 24})
+    ck = load_checkpoint(path)
+    assert ck.model_id == mid  # ids of existing files do not change
+    assert ck.model.gaussian_conditional.likelihood_lower_bound.bound.item() == pytest.approx(1e-9)
 
 
 @pytest.mark.parametrize("content, msg", [
