@@ -286,6 +286,23 @@ class Objective:
         return bpp + lmbda * 255**2 * mse
 
 
+def _storage_failure(error: BaseException) -> str | None:
+    """The name of the database error behind `error`, or None if it is not one. A restart of the
+    database can surface as SQLAlchemy's OperationalError, as Optuna's StorageInternalError, or
+    (Optuna 5, a failure while it finishes a trial) as an UnboundLocalError chained to those."""
+    seen: set[int] = set()
+    found = None
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:  # the deepest database error names the cause
+        seen.add(id(e))
+        if isinstance(e, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+            found = type(e.orig).__name__ if e.orig is not None else type(e).__name__
+        elif isinstance(e, optuna.exceptions.StorageInternalError) and found is None:
+            found = type(e).__name__
+        e = e.__cause__ or e.__context__
+    return found
+
+
 def run_trials(study: optuna.Study, config: StudyConfig, n_trials: int, progress: bool = False) -> int:
     """Run trials until the study holds `n_trials` finished ones (over all workers)."""
     objective = Objective(config, progress)
@@ -299,12 +316,15 @@ def run_trials(study: optuna.Study, config: StudyConfig, n_trials: int, progress
             study.optimize(objective, n_trials=None, callbacks=[stop], catch=(FloatingPointError,),
                            gc_after_trial=True)
             break
-        except sqlalchemy.exc.OperationalError as e:  # the database went away (restart, network)
+        except Exception as e:
+            cause = _storage_failure(e)
+            if cause is None:
+                raise
             if attempt == STORAGE_RETRIES:
                 raise StudyError(f"lost the study storage {STORAGE_RETRIES + 1} times; giving up: "
-                                 f"{type(e.orig).__name__}") from None
+                                 f"{cause}") from None
             wait = min(60, 2 ** attempt)
-            print(f"study storage unreachable ({type(e.orig).__name__}); retrying in {wait} s "
+            print(f"study storage unreachable ({cause}); retrying in {wait} s "
                   f"({attempt + 1}/{STORAGE_RETRIES}); an interrupted trial is retried after its "
                   "heartbeat goes stale", file=sys.stderr)
             time.sleep(wait)

@@ -191,3 +191,31 @@ def test_train_cli_latency_term(family, table_path, tmp_path, capsys):
     assert "--candidates" in capsys.readouterr().err
     assert main([*common, "--force", "--candidates", "4,8", "--target-latency", "1ms"]) == 2
     assert "needs --latency-table" in capsys.readouterr().err
+
+
+def test_storage_failures_are_recognised_through_optuna_wrappers():
+    """A database restart reaches run_trials in several wrappings; each one must be retried, and
+    nothing else may be swallowed."""
+    import optuna
+    import sqlalchemy.exc
+
+    from dqsearch.study import _storage_failure
+
+    op = sqlalchemy.exc.OperationalError("SELECT 1", {}, ConnectionResetError("server closed"))
+    assert _storage_failure(op) == "ConnectionResetError"
+    try:  # what Optuna 5 raises when the commit after a trial fails: chained, not wrapped
+        try:
+            try:
+                raise op
+            except sqlalchemy.exc.OperationalError as e:
+                raise optuna.exceptions.StorageInternalError("commit failed") from e
+        except optuna.exceptions.StorageInternalError:
+            raise UnboundLocalError("cannot access local variable 'updated_state'")  # noqa: B904
+    except UnboundLocalError as chained:
+        assert _storage_failure(chained) == "ConnectionResetError"
+    assert _storage_failure(UnboundLocalError("a real bug")) is None
+    assert _storage_failure(ValueError("bad input")) is None
+    import sqlalchemy.exc as sa
+
+    # a constraint violation is a bug, not a lost server
+    assert _storage_failure(sa.IntegrityError("INSERT", {}, ValueError("dup"))) is None
