@@ -231,8 +231,8 @@ def method_checkpoints(study: Study, method: Method, progress: bool) -> list[Pat
     from .study import export_trial
 
     paths = []
-    for row in front:
-        out = study.cache / "checkpoints" / method.slug / f"trial-{row['trial']}.pt"
+    for row in front:  # named by study too: study files sharing a cache may reuse a method name
+        out = study.cache / "checkpoints" / method.slug / f"{opt.study_name}-trial-{row['trial']}.pt"
         if not out.exists():
             export_trial(opt, row["trial"], out)
         paths.append(out)

@@ -170,6 +170,23 @@ bit_sets = [[4, 8]]
     assert "measured speedup (sim-bitfusion)" in (tmp_path / "out" / "summary.md").read_text()
     assert (tmp_path / "out" / "studies" / "front.db").exists()
 
+    # A second study file sharing the cache, same method name, another study: its front must be
+    # its own trials, not the first study's checkpoints of the same trial numbers.
+    second = tmp_path / "cmp2.toml"
+    second.write_text(toml.read_text().replace('name = "cmp"', 'name = "cmp2"')
+                      .replace('output = "out"', 'output = "out2"\ncache = "out"')
+                      .replace('study = "front"', 'study = "front2"'))
+    run_study(Study.load(second), progress=False)
+    exported = sorted(p.name for p in (tmp_path / "out" / "checkpoints" / "dq-front").glob("*.pt"))
+    assert any(n.startswith("front-trial-") for n in exported)
+    assert any(n.startswith("front2-trial-") for n in exported)
+    import json
+
+    ids = {json.loads(f.read_text())["key"]["model_id"]
+           for f in (tmp_path / "out" / "points" / "dq-front").glob("front2-*.json")}
+    own = {load_checkpoint(f).model_id for f in (tmp_path / "out" / "trials" / "front2").glob("trial-*.pt")}
+    assert ids and ids <= own
+
 
 def test_storage_password_never_printed(capsys):
     url = "postgresql://dq:hunter2@127.0.0.1:1/nodb"  # nothing listens on port 1
