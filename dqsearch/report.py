@@ -21,6 +21,15 @@ def curve(results: dict[str, Any], metric: str = "psnr-rgb") -> tuple[list[float
     return list(results["results"]["bpp"]), list(results["results"][metric])
 
 
+def rd_front(points: tuple[list[float], list[float]]) -> tuple[list[float], list[float]]:
+    """The points no other point beats in both rate (lower) and quality (higher), by rate."""
+    kept: list[tuple[float, float]] = []
+    for r, d in sorted(zip(*points, strict=True), key=lambda p: (p[0], -p[1])):
+        if not kept or d > kept[-1][1]:
+            kept.append((r, d))
+    return [r for r, _ in kept], [d for _, d in kept]
+
+
 def summary_rows(methods: dict[str, dict[str, Any]], anchor: str, bd_method: str = "pchip") -> list[dict]:
     """One row per method: BD-rate vs the anchor, bits, nominal speedup 32/b̄, sizes."""
     if anchor not in methods:
@@ -44,9 +53,17 @@ def _rows(methods: dict[str, dict[str, Any]], anchor: str, bd_method: str) -> li
         b = _mean(bits)
         bd, note = (0.0, 0.0), ""
         if name != anchor:
+            test = curve(res)
+            front = rd_front(test)
+            if len(front[0]) < len(test[0]) and len(front[0]) >= 2:
+                # A study's front (chosen on validation images) need not stay monotonic on the
+                # test set: measure the points that are not dominated there, and say so.
+                note = (f"BD-rate over the {len(front[0])} of {len(test[0])} points that no other "
+                        "point of this method dominates on this dataset")
+                test = front
             try:
-                bd = bd_rate(ref, curve(res), bd_method)
-            except ValueError as e:  # e.g. a non-monotonic curve: report n/a and say why
+                bd = bd_rate(ref, test, bd_method)
+            except ValueError as e:  # e.g. a single point: report n/a and say why
                 bd, note = (math.nan, math.nan), str(e)
         row = {
             "method": name,
