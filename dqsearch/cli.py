@@ -242,7 +242,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     study = Study.load(args.study)
     if args.limit:
         study.limit = args.limit
-    summary = run_study(study, only=args.only, progress=not args.no_progress)
+    if args.report_only:
+        from .compare import report_from_saved
+
+        summary = report_from_saved(study)
+    else:
+        summary = run_study(study, only=args.only, progress=not args.no_progress)
     print(markdown_table(summary["rows"]))
     print(f"results, table and figures in {summary['output']}")
     return 0
@@ -358,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="run or collect every method of a study file; table + figures")
     p.add_argument("study", help="study TOML (see studies/)")
     p.add_argument("--only", nargs="+", help="(re)run only these methods; others are collected")
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite the table and figures from the saved results; run nothing")
     p.add_argument("--limit", type=int, help="evaluate on the first N images only")
     p.add_argument("--threads", type=int)
     p.add_argument("--no-progress", action="store_true")

@@ -325,6 +325,19 @@ def run_study(study: Study, only: list[str] | None = None, progress: bool = True
     return write_report(study, results)
 
 
+def report_from_saved(study: Study) -> dict[str, Any]:
+    """The table and figures again from each method's saved results (after a change to the
+    report), without training, evaluating or measuring anything."""
+    results = {}
+    for method in study.methods:
+        path = study.output / f"{method.slug}.json"
+        if not path.exists():
+            raise StudyError(f"{method.name!r} has no saved results ({path}); run "
+                             f"`dqsearch compare` on study {study.name!r} first")
+        results[method.name] = json.loads(path.read_text())
+    return write_report(study, results)
+
+
 def write_report(study: Study, results: dict[str, dict]) -> dict[str, Any]:
     rows = summary_rows(results, study.anchor, study.bd_method)
     out = study.output

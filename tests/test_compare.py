@@ -84,6 +84,18 @@ def test_rerun_reuses_checkpoints_and_results(study_file):
     assert ck.stat().st_mtime_ns == before
 
 
+def test_report_only_rewrites_the_table_without_running(study_file, capsys):
+    study = Study.load(study_file)
+    (study.output / "summary.md").unlink()
+    mtimes = {p: p.stat().st_mtime_ns for p in study.output.rglob("*.pt")}
+    assert main(["compare", str(study_file), "--report-only"]) == 0
+    assert (study.output / "summary.md").exists()
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
+    next(iter(study.output.glob("q-dpa-8.json"))).unlink()
+    assert main(["compare", str(study_file), "--report-only"]) == 2
+    assert "has no saved results" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("text, msg", [
     ('name = "x"\nfamily = []\n', "missing field 'methods'"),
     ('name = "x"\nfamily = []\n[[methods]]\nname = "a"\nkind = "magic"\n', "kind"),
