@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -30,6 +29,7 @@ import onnxruntime as ort
 import torch
 
 from dqsearch.atomic import write_json
+from dqsearch.backends import cpu_model
 from dqsearch.codec import PAD_MULTIPLE, _profile_for
 from dqsearch.data import load_image, pad_to_multiple
 from dqsearch.deploy.artifact import CODECS, transform_graph
@@ -43,16 +43,6 @@ from dqsearch.models import load_checkpoint
 from dqsearch.quant.wrap import average_bits, quantized_layers, set_profile, weight_bytes
 
 SIDES = {"encoder": ("g_a", "h_a"), "decoder": ("h_s", "g_s")}
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def graphs(model, arch: str, profile: dict, arithmetic: str, subpixel: bool, calib,

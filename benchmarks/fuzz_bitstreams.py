@@ -11,32 +11,16 @@ import argparse
 import json
 import random
 import resource
-import struct
 import time
-import zlib
 from collections import Counter
 from pathlib import Path
 
 import torch
 
-from dqsearch.codec import MAGIC, BitstreamError, decode, encode
+from dqsearch.codec import BitstreamError, decode, encode
 from dqsearch.data import list_images, load_image, sample_images_dir
+from dqsearch.fuzzing import mutate
 from dqsearch.models import load_checkpoint, resolve_checkpoint
-
-
-def mutate(data: bytes, rnd: random.Random, reseal: bool) -> bytes:
-    b = bytearray(data[9:] if reseal else data)
-    for _ in range(rnd.randint(1, 4)):
-        op = rnd.random()
-        if op < 0.5 and b:
-            b[rnd.randrange(len(b))] ^= 1 << rnd.randrange(8)
-        elif op < 0.75:
-            b = b[: rnd.randrange(len(b) + 1)]
-        else:
-            b.insert(rnd.randrange(len(b) + 1), rnd.randrange(256))
-    if reseal:
-        return MAGIC + struct.pack(">BI", 1, zlib.crc32(bytes(b))) + bytes(b)
-    return bytes(b)
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ from .data import crop_padding, load_image, pad_to_multiple
 from .quant.wrap import FP32, dynamic_layers, get_profile, quantized_layers, set_profile
 
 MAGIC = b"DQSB"
+PREAMBLE = len(MAGIC) + 5  # magic, version u8, crc32 u32: what `seal` puts before the body
 VERSION = 1
 PAD_MULTIPLE = 64
 MAX_SIDE = 16384
@@ -115,19 +116,24 @@ def pack(header: Header, strings: Any, shape: Any) -> bytes:
     if header.hyper != "float":  # only integer-hyper streams (dqsearch.deploy) carry the tag
         payload["h"] = header.hyper.encode()
     _pack_tree(payload, body)
-    return MAGIC + struct.pack(">BI", VERSION, zlib.crc32(body)) + bytes(body)
+    return seal(bytes(body))
+
+
+def seal(body: bytes) -> bytes:
+    """Magic, version and the body's CRC in front of `body`: the file `unpack` reads back."""
+    return MAGIC + struct.pack(">BI", VERSION, zlib.crc32(body)) + body
 
 
 def unpack(data: bytes) -> tuple[Header, Any, Any]:
     """Parse and validate a file's bytes; raises BitstreamError with the reason."""
     if len(data) == 0:
         raise BitstreamError("file is empty")
-    if len(data) < 9 or data[:4] != MAGIC:
+    if len(data) < PREAMBLE or data[:4] != MAGIC:
         raise BitstreamError("not a dqsearch bitstream (wrong magic number)")
-    version, crc = struct.unpack(">BI", data[4:9])
+    version, crc = struct.unpack(">BI", data[4:PREAMBLE])
     if version != VERSION:
         raise BitstreamError(f"bitstream format version {version}; this dqsearch reads version {VERSION}")
-    body = data[9:]
+    body = data[PREAMBLE:]
     if zlib.crc32(body) != crc:
         raise BitstreamError("file is corrupted or truncated (checksum mismatch)")
     r = _Reader(body)

@@ -16,8 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dqsearch.codec import MAGIC, BitstreamError, decode, encode
+from dqsearch.codec import PREAMBLE, BitstreamError, decode, encode, seal
 from dqsearch.data import ImageError, load_image
+from dqsearch.fuzzing import mutate
 from dqsearch.models import load_checkpoint
 
 
@@ -28,30 +29,15 @@ def coded(tiny_quant_checkpoint, sample_paths):
     return ck, encode(ck.model, ck.model_id, x).data
 
 
-def _with_valid_crc(body: bytes) -> bytes:
-    """Re-seal a mutated body so the parser and the entropy decoder see it (not just the CRC)."""
-    return MAGIC + struct.pack(">BI", 1, zlib.crc32(body)) + body
-
-
 def test_fuzz_10000_mutated_bitstreams(coded):
     """Every mutated or truncated file ends in BitstreamError or a valid image, within a time
     bound and without allocating beyond the image-size limits."""
     ck, data = coded
-    body = data[9:]
     rnd = random.Random(1234)
     outcomes = {"error": 0, "image": 0}
     slowest = 0.0
     for i in range(10_000):
-        b = bytearray(body if i % 2 else data)
-        for _ in range(rnd.randint(1, 4)):
-            op = rnd.random()
-            if op < 0.5 and b:
-                b[rnd.randrange(len(b))] ^= 1 << rnd.randrange(8)
-            elif op < 0.75:
-                b = b[: rnd.randrange(len(b) + 1)]
-            else:
-                b.insert(rnd.randrange(len(b) + 1), rnd.randrange(256))
-        blob = _with_valid_crc(bytes(b)) if i % 2 else bytes(b)
+        blob = mutate(data, rnd, reseal=bool(i % 2))
         t0 = time.perf_counter()
         try:
             x, header = decode(ck.model, ck.model_id, blob)
@@ -67,10 +53,10 @@ def test_fuzz_10000_mutated_bitstreams(coded):
 
 def test_resealed_header_claiming_a_huge_image_is_refused(coded):
     ck, data = coded
-    body = bytearray(data[9:])
+    body = bytearray(data[PREAMBLE:])
     body[8:12] = struct.pack(">HH", 65535, 65535)  # height, width right after the model id
     with pytest.raises(BitstreamError, match="limit"):
-        decode(ck.model, ck.model_id, _with_valid_crc(bytes(body)))
+        decode(ck.model, ck.model_id, seal(bytes(body)))
 
 
 def _png(arr: np.ndarray) -> bytes:

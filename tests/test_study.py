@@ -1,5 +1,7 @@
 """The hardware-aware study end to end on tiny real models and the simulated BitFusion backend."""
 
+import json
+
 import pytest
 import torch
 
@@ -180,8 +182,6 @@ bit_sets = [[4, 8]]
     exported = sorted(p.name for p in (tmp_path / "out" / "checkpoints" / "dq-front").glob("*.pt"))
     assert any(n.startswith("front-trial-") for n in exported)
     assert any(n.startswith("front2-trial-") for n in exported)
-    import json
-
     ids = {json.loads(f.read_text())["key"]["model_id"]
            for f in (tmp_path / "out" / "points" / "dq-front").glob("front2-*.json")}
     own = {load_checkpoint(f).model_id for f in (tmp_path / "out" / "trials" / "front2").glob("trial-*.pt")}
@@ -232,7 +232,5 @@ def test_storage_failures_are_recognised_through_optuna_wrappers():
         assert _storage_failure(chained) == "ConnectionResetError"
     assert _storage_failure(UnboundLocalError("a real bug")) is None
     assert _storage_failure(ValueError("bad input")) is None
-    import sqlalchemy.exc as sa
-
     # a constraint violation is a bug, not a lost server
-    assert _storage_failure(sa.IntegrityError("INSERT", {}, ValueError("dup"))) is None
+    assert _storage_failure(sqlalchemy.exc.IntegrityError("INSERT", {}, ValueError("dup"))) is None

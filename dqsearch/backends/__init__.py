@@ -8,11 +8,13 @@ from .base import (
     Measurement,
     ModelTrace,
     OpSpec,
+    container_of,
     extract_layer_specs,
     float_model,
     parse_input_shape,
     trace_model,
 )
+from .host import cpu_model
 from .registry import (
     GROUP,
     BackendError,
@@ -36,6 +38,8 @@ __all__ = [
     "OpSpec",
     "OptionRequired",
     "available_backends",
+    "container_of",
+    "cpu_model",
     "extract_layer_specs",
     "float_model",
     "inspect_backends",

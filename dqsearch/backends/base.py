@@ -20,6 +20,17 @@ import torch
 from torch import nn
 
 FP32 = 32
+
+
+def container_of(bits: int) -> str:
+    """The integer container a bit-width executes in: int8 for 2..8, int16 for 9..16, fp32 for 32."""
+    if bits == FP32:
+        return "fp32"
+    if 2 <= bits <= 8:
+        return "int8"
+    if 9 <= bits <= 16:
+        return "int16"
+    raise ValueError(f"no container for {bits}-bit layers: use 2..16 bits or 32 (FP32)")
 CONV, DECONV = "conv", "deconv"
 
 

@@ -28,6 +28,7 @@ import torch
 
 from .. import __version__
 from ..atomic import write_json
+from ..backends.base import container_of
 from ..models import LoadedCheckpoint, atomic_torch_save, load_checkpoint
 from ..quant.wrap import FP32, dynamic_layers, quantized_layers, weight_bytes
 from . import decide, entropy
@@ -35,7 +36,7 @@ from .calibrate import calibration_images, output_ranges
 from .int_hyper import IntegerHyperSynthesis
 from .modules import transform_module
 from .onnx_graph import OPSET, WEIGHT_MODES, export, quantize_graph, shuffles_in_uint8
-from .params import LayerQuant, container_of, model_layers
+from .params import LayerQuant, model_layers
 from .subpixel import plan
 
 FORMAT = "dqsearch-deploy"

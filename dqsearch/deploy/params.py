@@ -16,21 +16,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..backends.base import container_of
 from ..quant.blocks import QuantizedConv
 from ..quant.wrap import FP32, conv_layers, quantized_layers
 
 _EPS = 1e-8
-
-
-def container_of(bits: int) -> str:
-    """Storage/execution container of a bit-width: int8 (<= 8), int16 (<= 16) or fp32 (32)."""
-    if bits == FP32:
-        return "fp32"
-    if 2 <= bits <= 8:
-        return "int8"
-    if 9 <= bits <= 16:
-        return "int16"
-    raise ValueError(f"deployable bit-widths are 2..16 or 32, not {bits}")
 
 
 @dataclass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -19,6 +18,8 @@ from dqsearch.backends import (
     LayerSpec,
     Measurement,
     ModelTrace,
+    container_of,
+    cpu_model,
     float_model,
     parse_input_shape,
     trace_model,
@@ -32,16 +33,6 @@ PROVIDERS = {
     "ort-cuda": "CUDAExecutionProvider",
     "ort-tensorrt": "TensorrtExecutionProvider",
 }
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 class _Group:
@@ -97,7 +88,7 @@ class OrtBackend(Backend):
 
     # --- contract -------------------------------------------------------------------------------
     def capabilities(self) -> dict[int, str]:
-        return {b: qdq.container_of(b) for b in (*range(2, 17), 32)}
+        return {b: container_of(b) for b in (*range(2, 17), 32)}
 
     def metadata(self) -> dict[str, Any]:
         return {"device": f"{self.name} on {cpu_model()}", "provider": self.config.providers[0],

@@ -17,20 +17,12 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from dqsearch.backends import container_of
+
 CONTAINERS = {  # container → (activation type, weight type, numpy weight dtype, width)
     "int8": (TensorProto.UINT8, TensorProto.INT8, np.int8, 8),
     "int16": (TensorProto.UINT16, TensorProto.INT16, np.int16, 16),
 }
-
-
-def container_of(bits: int) -> str:
-    if bits == 32:
-        return "fp32"
-    if 2 <= bits <= 8:
-        return "int8"
-    if 9 <= bits <= 16:
-        return "int16"
-    raise ValueError(f"ONNX Runtime backends run 2..16 or 32 bits, not {bits}")
 
 
 def calibrate(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], tensors: list[str]

@@ -42,8 +42,8 @@ def arm(**options: Any) -> TvmBackend:
     options.pop("spec", None)
     dev = {k: options.pop(k) for k in _DEVICE_OPTIONS if k in options}
     if not dev.get("rpc_tracker") and not dev.get("rpc"):
-        raise OptionRequired("tvm-arm measures on a board over TVM RPC: pass --option rpc_tracker=HOST:PORT "
-                             "--option rpc_key=KEY (or --option rpc=HOST:PORT); see docs/tvm.md")
+        raise OptionRequired("tvm-arm measures on a board over TVM RPC: pass --rpc-tracker HOST:PORT "
+                             "--rpc-key KEY (or --rpc HOST:PORT); see docs/tvm.md")
     compiler = str(dev.get("cc", "aarch64-linux-gnu-g++"))
     compiler = None if compiler in ("host", "", "none") else compiler
     if compiler and shutil.which(compiler) is None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import platform
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -11,26 +10,16 @@ import numpy as np
 import tvm
 from torch import nn
 
-from dqsearch.backends import Backend, LayerSpec, Measurement, parse_input_shape
+from dqsearch.backends import Backend, LayerSpec, Measurement, container_of, cpu_model, parse_input_shape
 
 from . import build, graph
 from .device import Job, LocalDevice, RemoteDevice, tuning_export
-from .layer import container_of, layer_module
+from .layer import layer_module
 from .target import host_target, parse_target
 from .timing import Timer, TimingOptions
 from .tuning import Tuner, TuningOptions
 
 log = logging.getLogger(__name__)
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 class TvmBackend(Backend):

@@ -20,9 +20,9 @@ import tvm
 from torch import nn
 from tvm import relax
 
-from dqsearch.backends import LayerSpec, float_model, parse_input_shape, trace_model
+from dqsearch.backends import LayerSpec, container_of, float_model, parse_input_shape, trace_model
 
-from .layer import container_of, emit_layer
+from .layer import emit_layer
 
 CONV_OPS = ("relax.nn.conv2d", "relax.nn.conv2d_transpose")
 

@@ -10,7 +10,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from dqsearch.backends import FP32, LayerSpec
+from dqsearch.backends import LayerSpec
 
 from . import kernels
 
@@ -18,17 +18,6 @@ from . import kernels
 #: kernels never merge with their neighbours, so per-layer and in-graph kernels are the same
 #: workloads and layer times add up.
 OPAQUE = {"op_pattern": 8}
-
-
-def container_of(bits: int) -> str:
-    """fp32 for 32 bits, int8 (uint8 × int8 → int32) for ≤ 8, int16 for ≤ 16."""
-    if bits == FP32:
-        return "fp32"
-    if 2 <= bits <= 8:
-        return "int8"
-    if 9 <= bits <= 16:
-        return "int16"
-    raise ValueError(f"no TVM container for {bits}-bit layers: use 2–16 or 32 (FP32)")
 
 
 def emit_layer(bb: relax.BlockBuilder, spec: LayerSpec, container: str, x: relax.Expr,
