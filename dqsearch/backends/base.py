@@ -388,12 +388,15 @@ class Backend(ABC):
 
     def profile_context(self, model: nn.Module, trace: ModelTrace, bits: Sequence[int], *,
                         progress: bool = False, store: dict | None = None,
-                        save: Callable[[], None] | None = None) -> ContextProfile | None:
+                        save: Callable[[], None] | None = None,
+                        isolated: Mapping[str, Mapping[int, Measurement]] | None = None
+                        ) -> ContextProfile | None:
         """Layer times measured in their graph, fixed time and transition costs.
 
         Not overriding it means layers are independent (an isolated time is also the in-model
         time). `store` is a JSON-able dict kept in the table file: put raw runs there and call
-        `save()` after each, so a resumed profile repeats none of them.
+        `save()` after each, so a resumed profile repeats none of them. `isolated` holds the
+        table's layers timed alone (layer → bits → Measurement), for backends that anchor on them.
         """
         return None
 

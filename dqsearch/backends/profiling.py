@@ -126,7 +126,8 @@ def _profile_context(backend: Backend, model: nn.Module, trace: ModelTrace, bits
                      table: LatencyTable, save, progress: bool) -> None:
     """Let the backend measure layers in their graph; its raw runs live in the table so a resumed
     run repeats none of them."""
-    ctx = backend.profile_context(model, trace, bits, progress=progress, store=table.context_runs, save=save)
+    ctx = backend.profile_context(model, trace, bits, progress=progress, store=table.context_runs, save=save,
+                                  isolated=table.isolated)
     for spec in trace.layers:
         for b in bits:
             c = backend.container(b)

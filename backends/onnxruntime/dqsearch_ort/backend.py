@@ -136,7 +136,7 @@ class OrtBackend(Backend):
 
     def profile_context(self, model: nn.Module, trace: ModelTrace, bits: Sequence[int], *,
                         progress: bool = False, store: dict | None = None,
-                        save: Callable[[], None] | None = None) -> ContextProfile:
+                        save: Callable[[], None] | None = None, isolated: Any = None) -> ContextProfile:
         from tqdm import tqdm
 
         store = store if store is not None else {}

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import statistics
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import tvm
 from torch import nn
 
-from dqsearch.backends import Backend, LayerSpec, Measurement, container_of, cpu_model, parse_input_shape
+from dqsearch.backends import (
+    Backend,
+    ContextProfile,
+    LayerSpec,
+    Measurement,
+    ModelTrace,
+    container_of,
+    cpu_model,
+    parse_input_shape,
+)
 
-from . import build, graph
+from . import build, context, graph
 from .device import Job, LocalDevice, RemoteDevice, tuning_export
 from .layer import layer_module
 from .target import host_target, parse_target
@@ -29,8 +39,12 @@ class TvmBackend(Backend):
     "llvm -mcpu=…"); tune_trials (meta-schedule trials per workload, 0 = untuned); tuning_db
     (database root folder); population, build_timeout (tuning); repeats, min_repeats,
     min_repeat_ms, budget_seconds, clock (timing: "thread" CPU time by default for one local
-    thread, else "wall" = time_evaluator); seed.
+    thread, else "wall" = time_evaluator); context (measure layers inside their transform, see
+    context.py: default on for tuned kernels, off for untuned ones, whose whole transforms run
+    ~20× slower), context_repeats (paired repeats per switched run); seed.
     """
+
+    CONTAINER_ORDER = ("int8", "int16", "fp32")
 
     latency_by_container = True  # 2…8 bits run the same int8 program, 9…16 the same int16 one
 
@@ -38,7 +52,8 @@ class TvmBackend(Backend):
                  threads: int = 1, target: str | dict | None = None, tune_trials: int = 0,
                  tuning_db: str | None = None, population: int = 128, build_timeout: float = 120.0,
                  repeats: int = 10, min_repeats: int = 3, min_repeat_ms: float = 20.0,
-                 budget_seconds: float = 2.0, clock: str | None = None, seed: int = 0) -> None:
+                 budget_seconds: float = 2.0, clock: str | None = None, context: bool | str | None = None,
+                 context_repeats: int = 5, seed: int = 0) -> None:
         if int(threads) < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
         if int(tune_trials) < 0:
@@ -59,6 +74,9 @@ class TvmBackend(Backend):
         self.tuner = Tuner(self.target, TuningOptions(trials=int(tune_trials), population=int(population),
                                                       build_timeout=float(build_timeout), seed=self.seed),
                            root=tuning_db, runner=runner, export=export)
+        tuned = self.tuner.options.trials > 0
+        self.context = tuned if context in (None, "auto") else _flag(context, "context")
+        self.context_repeats = int(context_repeats)
         self._tvm_target = tvm.target.Target(self.target)
         self._layer_builds: dict[tuple, build.Built] = {}
         self._model_builds: dict[tuple, build.Built] = {}
@@ -84,6 +102,9 @@ class TvmBackend(Backend):
                        "min_repeat_ms": self.timing.min_repeat_ms,
                        "budget_seconds": self.timing.budget_seconds},
             "run": self.device.describe(),
+            "context": ({"method": "one layer switched at a time in its whole transform, paired with the "
+                                   "base transform; bases fp32 and the narrowest container",
+                         "repeats": self.context_repeats} if self.context else None),
             "precision": "fp32 for 32 bits; int8 (uint8 activations x int8 per-channel weights -> int32, "
                          "NCHWc) for <= 8; int16 (int16 x int16 -> int32) for <= 16",
         }
@@ -106,16 +127,98 @@ class TvmBackend(Backend):
         shape = parse_input_shape(input_shape)
         transforms = self._import(model, shape)
         self.check_profile([n for t in transforms for n in t.layers], bit_profile)
-        jobs = []
-        for t in transforms:
-            containers = tuple(container_of(int(bit_profile[n])) for n in t.layers)
-            key = (id(model), shape, t.name, containers)
-            if key not in self._model_builds:
-                self._model_builds[key] = self._compile(t.module(bit_profile))
-            jobs.append(Job(self._model_builds[key].executable, [t.input]))
+        jobs = [Job(self._transform_build(model, t, bit_profile).executable, [t.input]) for t in transforms]
         return Measurement.from_samples(self.device.measure(jobs, self._interleaved, self.timing))
 
+    @property
+    def measures_context(self) -> bool:
+        return self.context
+
+    def profile_context(self, model: nn.Module, trace: ModelTrace, bits: Sequence[int], *,
+                        progress: bool = False, store: dict | None = None,
+                        save: Callable[[], None] | None = None,
+                        isolated: Mapping[str, Mapping[int, Measurement]] | None = None
+                        ) -> ContextProfile | None:
+        """Layer times inside their transform (context.py); raw paired runs go to `store`. The
+        fp32 anchors are the table's isolated fp32 times (measured here when not given)."""
+        if not self.context:
+            return None
+        from tqdm import tqdm
+
+        store = store if store is not None else {}
+        containers = sorted({self.container(b) for b in bits}, key=self.CONTAINER_ORDER.index)
+        if context.FP32 not in containers:
+            raise ValueError("in-context profiling anchors every layer on its fp32 time: include 32 in "
+                             "--bits (or pass --option context=false)")
+        transforms = self._import(model, trace.input_shape)
+        specs = {s.name: s for s in trace.layers}
+        total = sum(len(context.bases(containers)) + len(context.switches(t.layers, containers))
+                    for t in transforms)
+        layers: dict[str, dict[str, Measurement]] = {}
+        fixed: list[list[float]] = []
+        gaps, checks = {}, {}
+        with tqdm(total=total, desc=f"{self.name} in context", unit="run", disable=not progress) as bar:
+            for t in transforms:
+                iso = {}
+                for n in t.layers:
+                    key = f"{t.name}|isolated-fp32|{n}"
+                    if isolated and 32 in isolated.get(n, {}):
+                        store[key] = list(isolated[n][32].samples) or [isolated[n][32].median]
+                    elif key not in store:
+                        store[key] = list(self.profile_layer(specs[n], 32).samples)
+                        if save:
+                            save()
+                    iso[n] = store[key]
+                context.measure_all(t.name, t.layers, containers, store,
+                                    lambda b, n, c, t=t: self._paired(model, t, b, n, c), save, bar.update)
+                fit = context.fit_transform(t.layers, containers, iso, store, t.name)
+                for n, per in fit.layers.items():
+                    layers[n] = {c: Measurement.from_samples(v) for c, v in per.items()}
+                fixed.append(fit.fixed)
+                gaps.update({n: round(g, 3) for n, g in fit.base_gap_ms.items()})
+                checks[t.name] = {b: {k: round(v, 3) for k, v in d.items()}
+                                  for b, d in fit.uniform_check.items()}
+        fixed_samples = [sum(col) for col in zip(*fixed, strict=False)]
+        return ContextProfile(layers, Measurement.from_samples(fixed_samples), [],
+                              {"design": "one layer switched at a time, paired with its base transform",
+                               "bases": context.bases(containers), "containers": containers,
+                               "runs": total, "repeats": self.context_repeats,
+                               "base_gap_ms": gaps, "uniform_check": checks})
+
     # --- helpers --------------------------------------------------------------------------------
+    def _paired(self, model: nn.Module, t: graph.Transform, base: str, layer: str | None,
+                container: str | None) -> tuple[list[float], list[float]]:
+        """(base transform samples, switched − base samples), alternating which runs first."""
+        rep = {c: max(b for b, cc in self.capabilities().items() if cc == c) for c in self.CONTAINER_ORDER}
+        profile = dict.fromkeys(t.layers, rep[base])
+        jobs = [Job(self._transform_build(model, t, profile).executable, [t.input])]
+        if layer is not None:
+            switched = self._compile(t.module({**profile, layer: rep[container]}))
+            jobs.append(Job(switched.executable, [t.input]))
+
+        def measure(timers: list[Timer]) -> tuple[list[float], list[float]]:
+            probe = statistics.fmean(timer.calibrate() for timer in timers)
+            number, repeats = self.timing.plan(probe * len(timers))
+            repeats = max(repeats, self.context_repeats)
+            base_s, diff = [], []
+            for i in range(repeats):
+                order = timers if i % 2 == 0 else timers[::-1]
+                got = {id(timer): timer.run(number, 1)[0] for timer in order}
+                base_s.append(got[id(timers[0])])
+                if len(timers) > 1:
+                    diff.append(got[id(timers[1])] - got[id(timers[0])])
+            return base_s, diff
+
+        return self.device.measure(jobs, measure, self.timing)
+
+    def _transform_build(self, model: nn.Module, t: graph.Transform, bit_profile: Mapping[str, int]
+                         ) -> build.Built:
+        containers = tuple(container_of(int(bit_profile[n])) for n in t.layers)
+        key = (id(model), t.input.shape, t.name, containers)
+        if key not in self._model_builds:
+            self._model_builds[key] = self._compile(t.module(bit_profile))
+        return self._model_builds[key]
+
     def _interleaved(self, timers: list[Timer]) -> list[float]:
         probe = sum(t.calibrate() for t in timers)
         _, repeats = self.timing.plan(probe)
@@ -156,3 +259,14 @@ class TvmBackend(Backend):
                                            tracker_key=dev.key, session_timeout_sec=int(dev.session_timeout)),
             evaluator_config=ms.runner.EvaluatorConfig(number=1, repeat=1, min_repeat_ms=20),
             max_workers=1)
+
+
+def _flag(value: bool | str, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"option {name}={value!r}: write true, false or auto")

@@ -1,0 +1,114 @@
+"""Layer times inside their transform, measured by switching one layer at a time.
+
+Summing layers timed alone over-predicted integer profiles of whole transforms by 5–15%
+(docs/tvm-results.md), so a layer's in-graph cost is taken from whole-transform runs instead:
+the transform at a *base* container everywhere (B) and the same transform with one layer `l`
+switched to container `c` (S), run alternately so that both see the same machine state. The
+paired difference S − B is that layer's cost change from base to `c` in its real surroundings.
+Differences need no attribution of fused kernels to layers, which TVM's VM does not report.
+
+Two bases — fp32 and the narrowest container — give two estimates of every change; their mean is
+used (neighbours in a random profile are a mix of both) and their gap is reported as the size
+of the interactions an additive table cannot represent. Absolute times are anchored on each
+layer's isolated fp32 time (the all-fp32 profile was predicted exactly by the isolated method):
+
+    A_l(fp32) = isolated_l(fp32)      A_l(c) = A_l(fp32) + mean over bases of d_l(c)
+    fixed     = T(all fp32) − Σ_l A_l(fp32)
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+FP32 = "fp32"
+
+
+def bases(containers: Sequence[str]) -> list[str]:
+    """fp32 and the narrowest container (when there is one besides fp32)."""
+    return [FP32] + ([containers[0]] if containers[0] != FP32 else [])
+
+
+def switches(layers: Sequence[str], containers: Sequence[str]) -> list[tuple[str, str, str]]:
+    """Every (base, layer, container) pair to run, container ≠ base."""
+    return [(b, layer, c) for b in bases(containers) for layer in layers for c in containers if c != b]
+
+
+def run_key(transform: str, base: str, layer: str | None = None, container: str | None = None) -> str:
+    return f"{transform}|{base}" + (f"|{layer}>{container}" if layer else "")
+
+
+@dataclass
+class TransformFit:
+    """One transform's layers (samples per container), fixed part and consistency figures."""
+
+    layers: dict[str, dict[str, list[float]]]
+    fixed: list[float]
+    base_gap_ms: dict[str, float] = field(default_factory=dict)  # per layer, |estimate_b1 − estimate_b2|
+    uniform_check: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def fit_transform(layers: Sequence[str], containers: Sequence[str], isolated_fp32: Mapping[str, list[float]],
+                  runs: Mapping[str, Mapping[str, list[float]]], transform: str) -> TransformFit:
+    """Combine the stored paired runs of one transform into per-layer in-graph times.
+
+    `runs[run_key(...)]` holds {"base": [...], "delta": [...]} for switched runs and
+    {"base": [...]} for the base-only entries.
+    """
+    med = statistics.median
+    iso = {n: med(isolated_fp32[n]) for n in layers}
+
+    def delta(b: str, n: str, c: str) -> list[float]:
+        return runs[run_key(transform, b, n, c)]["delta"]
+
+    out: dict[str, dict[str, list[float]]] = {}
+    gaps: dict[str, float] = {}
+    for n in layers:
+        out[n] = {FP32: list(isolated_fp32[n])}
+        for c in containers:
+            if c == FP32:
+                continue
+            estimates, spread = [], []
+            for b in bases(containers):
+                if b == FP32:
+                    d = delta(b, n, c)
+                    estimates.append(med(d))
+                    spread = [x - med(d) for x in d]
+                elif c == b:
+                    estimates.append(-med(delta(b, n, FP32)))
+                else:
+                    estimates.append(med(delta(b, n, c)) - med(delta(b, n, FP32)))
+            value = iso[n] + statistics.fmean(estimates)
+            if len(estimates) > 1:
+                gaps[n] = max(gaps.get(n, 0.0), max(estimates) - min(estimates))
+            out[n][c] = [max(value + s, 1e-6) for s in (spread or [0.0])]
+    fp32_runs = runs[run_key(transform, FP32)]["base"]
+    fixed = [max(0.0, t - sum(iso.values())) for t in fp32_runs]
+    check = {}
+    for b in bases(containers):
+        measured = med(runs[run_key(transform, b)]["base"])
+        predicted = med(fixed) + sum(med(out[n][b]) for n in layers)
+        check[b] = {"measured_ms": measured, "predicted_ms": predicted}
+    return TransformFit(out, fixed, gaps, check)
+
+
+def measure_all(transform: str, layers: Sequence[str], containers: Sequence[str], store: dict,
+                paired: Callable[[str, str | None, str | None], tuple[list[float], list[float]]],
+                save: Callable[[], None] | None = None, tick: Callable[[], None] | None = None) -> None:
+    """Run every switch of one transform not yet in `store` (saved after each run).
+
+    `paired(base, layer, container)` returns (base samples, switched − base samples); with
+    layer None it times the base alone (second list empty).
+    """
+    todo: list[tuple[str, str | None, str | None]] = [(b, None, None) for b in bases(containers)]
+    todo += switches(layers, containers)
+    for b, n, c in todo:
+        key = run_key(transform, b, n, c)
+        if key not in store:
+            base, diff = paired(b, n, c)
+            store[key] = {"base": base, **({"delta": diff} if n else {})}
+            if save:
+                save()
+        if tick:
+            tick()
