@@ -41,7 +41,8 @@ class TvmBackend(Backend):
     min_repeat_ms, budget_seconds, clock (timing: "thread" CPU time by default for one local
     thread, else "wall" = time_evaluator); context (measure layers inside their transform, see
     context.py: default on for tuned kernels, off for untuned ones, whose whole transforms run
-    ~20× slower), context_repeats (paired repeats per switched run); seed.
+    ~20× slower), context_repeats (paired repeats per switched run), context_bases (containers
+    to switch from, comma-separated; default fp32 and the narrowest); seed.
     """
 
     CONTAINER_ORDER = ("int8", "int16", "fp32")
@@ -53,7 +54,8 @@ class TvmBackend(Backend):
                  tuning_db: str | None = None, population: int = 128, build_timeout: float = 120.0,
                  repeats: int = 10, min_repeats: int = 3, min_repeat_ms: float = 20.0,
                  budget_seconds: float = 2.0, clock: str | None = None, context: bool | str | None = None,
-                 context_repeats: int = 5, seed: int = 0) -> None:
+                 context_repeats: int = 5, context_bases: str | Sequence[str] | None = None,
+                 seed: int = 0) -> None:
         if int(threads) < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
         if int(tune_trials) < 0:
@@ -77,6 +79,9 @@ class TvmBackend(Backend):
         tuned = self.tuner.options.trials > 0
         self.context = tuned if context in (None, "auto") else _flag(context, "context")
         self.context_repeats = int(context_repeats)
+        if isinstance(context_bases, str):
+            context_bases = [b.strip() for b in context_bases.split(",") if b.strip()]
+        self.context_bases = list(context_bases) if context_bases else None
         self._tvm_target = tvm.target.Target(self.target)
         self._layer_builds: dict[tuple, build.Built] = {}
         self._model_builds: dict[tuple, build.Built] = {}
@@ -103,7 +108,8 @@ class TvmBackend(Backend):
                        "budget_seconds": self.timing.budget_seconds},
             "run": self.device.describe(),
             "context": ({"method": "one layer switched at a time in its whole transform, paired with the "
-                                   "base transform; bases fp32 and the narrowest container",
+                                   "base transform",
+                         "bases": self.context_bases or "fp32 and the narrowest container",
                          "repeats": self.context_repeats} if self.context else None),
             "precision": "fp32 for 32 bits; int8 (uint8 activations x int8 per-channel weights -> int32, "
                          "NCHWc) for <= 8; int16 (int16 x int16 -> int32) for <= 16",
@@ -152,8 +158,9 @@ class TvmBackend(Backend):
                              "--bits (or pass --option context=false)")
         transforms = self._import(model, trace.input_shape)
         specs = {s.name: s for s in trace.layers}
-        total = sum(len(context.bases(containers)) + len(context.switches(t.layers, containers))
-                    for t in transforms)
+        chosen = self.context_bases
+        used = context.bases(containers, chosen)  # checks the option before anything runs
+        total = sum(len(context.runs_needed(t.layers, containers, chosen)) for t in transforms)
         layers: dict[str, dict[str, Measurement]] = {}
         fixed: list[list[float]] = []
         gaps, checks = {}, {}
@@ -170,8 +177,9 @@ class TvmBackend(Backend):
                             save()
                     iso[n] = store[key]
                 context.measure_all(t.name, t.layers, containers, store,
-                                    lambda b, n, c, t=t: self._paired(model, t, b, n, c), save, bar.update)
-                fit = context.fit_transform(t.layers, containers, iso, store, t.name)
+                                    lambda b, n, c, t=t: self._paired(model, t, b, n, c), save, bar.update,
+                                    chosen)
+                fit = context.fit_transform(t.layers, containers, iso, store, t.name, chosen)
                 for n, per in fit.layers.items():
                     layers[n] = {c: Measurement.from_samples(v) for c, v in per.items()}
                 fixed.append(fit.fixed)
@@ -181,7 +189,7 @@ class TvmBackend(Backend):
         fixed_samples = [sum(col) for col in zip(*fixed, strict=False)]
         return ContextProfile(layers, Measurement.from_samples(fixed_samples), [],
                               {"design": "one layer switched at a time, paired with its base transform",
-                               "bases": context.bases(containers), "containers": containers,
+                               "bases": used, "containers": containers,
                                "runs": total, "repeats": self.context_repeats,
                                "base_gap_ms": gaps, "uniform_check": checks})
 

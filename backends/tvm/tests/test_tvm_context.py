@@ -35,10 +35,10 @@ def _synthetic_runs(a: dict, fixed: float, interaction: float = 0.0) -> dict:
         return t + interaction * sum(p[x] == p[y] == "int8" for x, y in zip(names, names[1:], strict=False))
 
     runs = {}
-    for b in context.bases(CONTAINERS):
+    for b in CONTAINERS:  # every base, so any choice of bases finds its runs
         base = dict.fromkeys(names, b)
         runs[context.run_key("g", b)] = {"base": [total(base)] * 3}
-        for _, n, c in [s for s in context.switches(names, CONTAINERS) if s[0] == b]:
+        for _, n, c in context.switches(names, CONTAINERS, [b]):
             runs[context.run_key("g", b, n, c)] = {"base": [total(base)] * 3,
                                                     "delta": [total({**base, n: c}) - total(base)] * 3}
     return runs
@@ -87,6 +87,7 @@ def test_in_context_table_on_a_real_transform(tmp_path, monkeypatch) -> None:
     assert table.metadata["method"] == "in-context" and table.complete
     info = table.metadata["context"]
     assert info["bases"] == ["fp32", "int8"] and info["runs"] == 2 + 2 * 2
+    assert table.metadata["context"]["repeats"] == FAST["context_repeats"]
     # fp32 layers are anchored on their isolated time; the all-fp32 profile is the measured transform
     for n in table.layer_names:
         assert table.time(n, 32) == pytest.approx(table.isolated[n][32].median)
@@ -103,6 +104,21 @@ def test_in_context_table_on_a_real_transform(tmp_path, monkeypatch) -> None:
     again = profile_table(TvmBackend(context=True, **FAST), model, (64, 64), [8, 32], out, resume=True,
                           progress=False)
     assert again.time("g_a.2", 8) == pytest.approx(LatencyTable.load(out).time("g_a.2", 8))
+
+
+def test_fit_from_one_base() -> None:
+    iso = {n: [v["fp32"]] for n, v in A.items()}
+    runs = _synthetic_runs(A, fixed=10.0)
+    for chosen in (["int8"], ["fp32"], ["int16", "fp32"]):
+        fit = context.fit_transform(list(A), CONTAINERS, iso, runs, "g", chosen)
+        assert all(statistics.median(fit.layers[n][c]) == pytest.approx(v) for n, p in A.items()
+                   for c, v in p.items()), chosen
+        assert not fit.base_gap_ms or max(fit.base_gap_ms.values()) == pytest.approx(0.0, abs=1e-9)
+    assert context.runs_needed(["a", "b"], CONTAINERS, ["int8"])[:2] == [("fp32", None, None),
+                                                                         ("int8", None, None)]
+    assert len(context.runs_needed(["a", "b"], CONTAINERS, ["int8"])) == 2 + 2 * 2
+    with pytest.raises(ValueError, match="context_bases"):
+        context.bases(CONTAINERS, ["int4"])
 
 
 def test_context_needs_fp32(tmp_path) -> None:
