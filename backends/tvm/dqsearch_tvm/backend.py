@@ -186,7 +186,9 @@ class TvmBackend(Backend):
                 gaps.update({n: round(g, 3) for n, g in fit.base_gap_ms.items()})
                 checks[t.name] = {b: {k: round(v, 3) for k, v in d.items()}
                                   for b, d in fit.uniform_check.items()}
-        fixed_samples = [sum(col) for col in zip(*fixed, strict=False)]
+        # transforms have different sample counts: the sum of their quantiles, median = Σ medians
+        fixed_samples = [max(0.0, sum(float(np.quantile(f, q)) for f in fixed))
+                         for q in (0.1, 0.3, 0.5, 0.7, 0.9)]
         return ContextProfile(layers, Measurement.from_samples(fixed_samples), [],
                               {"design": "one layer switched at a time, paired with its base transform",
                                "bases": used, "containers": containers,

@@ -14,9 +14,10 @@ halves the runs; the narrowest container's transform is also the fastest to run.
 are anchored on each layer's isolated fp32 time (the all-fp32 profile was predicted exactly by
 the isolated method):
 
-    A_l(fp32) = isolated_l(fp32)      A_l(c) = A_l(fp32) + mean over bases b of d_b,l(c)
+    A_l(fp32) = isolated_l(fp32) (× T/Σ isolated when T is smaller)
+    A_l(c)    = A_l(fp32) + mean over bases b of d_b,l(c)
     d_b,l(c)  = Δ_b(l→c) − Δ_b(l→fp32),   Δ_b(l→b) = 0
-    fixed     = T(all fp32) − Σ_l A_l(fp32)
+    fixed     = T(all fp32) − Σ_l A_l(fp32)   (T over every timing of the fp32 base transform)
 """
 
 from __future__ import annotations
@@ -60,6 +61,15 @@ class TransformFit:
     uniform_check: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
+def base_samples(runs: Mapping[str, Mapping[str, list[float]]], transform: str, base: str) -> list[float]:
+    """Every timing of the base transform: its own run and the base half of each paired run.
+
+    Pooling matters: a 5-sample fp32 transform on this shared box swung by 20%, and the fixed
+    part is that time minus the layers."""
+    prefix = run_key(transform, base)
+    return [t for k, r in runs.items() if k == prefix or k.startswith(prefix + "|") for t in r["base"]]
+
+
 def fit_transform(layers: Sequence[str], containers: Sequence[str], isolated_fp32: Mapping[str, list[float]],
                   runs: Mapping[str, Mapping[str, list[float]]], transform: str,
                   chosen: Sequence[str] | None = None) -> TransformFit:
@@ -72,6 +82,12 @@ def fit_transform(layers: Sequence[str], containers: Sequence[str], isolated_fp3
     med = statistics.median
     iso = {n: med(isolated_fp32[n]) for n in layers}
     used = bases(containers, chosen)
+    pool = base_samples(runs, transform, FP32)
+    # A transform can run faster than its layers timed alone (the fixed part would be negative):
+    # then the anchors shrink in proportion until it is 0. Every profile holds every layer once,
+    # so the predictions do not change.
+    shrink = min(1.0, med(pool) / sum(iso.values())) if sum(iso.values()) > 0 else 1.0
+    anchor = {n: iso[n] * shrink for n in layers}
 
     def delta(b: str, n: str, c: str) -> list[float]:
         return [0.0] if c == b else runs[run_key(transform, b, n, c)]["delta"]
@@ -79,22 +95,21 @@ def fit_transform(layers: Sequence[str], containers: Sequence[str], isolated_fp3
     out: dict[str, dict[str, list[float]]] = {}
     gaps: dict[str, float] = {}
     for n in layers:
-        out[n] = {FP32: list(isolated_fp32[n])}
+        out[n] = {FP32: [max(x * shrink, 1e-6) for x in isolated_fp32[n]]}
         for c in containers:
             if c == FP32:
                 continue
             estimates = [med(delta(b, n, c)) - med(delta(b, n, FP32)) for b in used]
             d = delta(used[0], n, c if c != used[0] else FP32)
             spread = [x - med(d) for x in d]  # the first base's repeat-to-repeat spread
-            value = iso[n] + statistics.fmean(estimates)
+            value = anchor[n] + statistics.fmean(estimates)
             if len(estimates) > 1:
                 gaps[n] = max(gaps.get(n, 0.0), max(estimates) - min(estimates))
             out[n][c] = [max(value + s, 1e-6) for s in spread]
-    fp32_runs = runs[run_key(transform, FP32)]["base"]
-    fixed = [max(0.0, t - sum(iso.values())) for t in fp32_runs]
+    fixed = [t - sum(anchor.values()) for t in pool]
     check = {}
     for b in dict.fromkeys([FP32, *used]):
-        measured = med(runs[run_key(transform, b)]["base"])
+        measured = med(base_samples(runs, transform, b))
         predicted = med(fixed) + sum(med(out[n][b]) for n in layers)
         check[b] = {"measured_ms": measured, "predicted_ms": predicted}
     return TransformFit(out, fixed, gaps, check)
