@@ -198,3 +198,42 @@ def test_bits_of_a_measured_container_share_its_time():
     assert t.predict({"a": 6, "b": 32}) == t.predict({"a": 8, "b": 32})
     e = t.expected_latency({"a": torch.tensor([0.5, 0.5])}, [4, 32], fixed_bits={"b": 32})
     assert float(e) == pytest.approx((t.predict({"a": 8, "b": 32}) + t.predict({"a": 32, "b": 32})) / 2)
+
+
+class _HalvedInGraph(sim.SimulatedBackend):
+    """A context-measuring device whose layers take half their isolated time inside the graph."""
+
+    def __init__(self, spec) -> None:
+        super().__init__(spec)
+        self.layer_calls = 0
+
+    def profile_layer(self, spec, bits):
+        self.layer_calls += 1
+        return super().profile_layer(spec, bits)
+
+    def profile_context(self, model, trace, bits, *, progress=False, store=None, save=None, isolated=None):
+        from dqsearch.backends import ContextProfile
+
+        layers = {n: {self.container(b): Measurement.exact(isolated[n][b].median / 2) for b in bits}
+                  for n in isolated}
+        return ContextProfile(layers, Measurement.exact(1.0), [], {"halved": True})
+
+
+def test_resume_in_the_other_method_reuses_layers_timed_alone(npu, model, tmp_path):
+    out = tmp_path / "t.json"
+    first = profile_table(npu, model, TINY_INPUT, [8, 32], out, progress=False)
+    assert first.metadata["method"] == "isolated"
+    alone = {n: per[8].median for n, per in first.layers.items()}
+
+    ctx = _HalvedInGraph(sim.shipped_specs()["npu"])
+    second = profile_table(ctx, model, TINY_INPUT, [8, 32], out, resume=True, progress=False)
+    assert ctx.layer_calls == 0, "the isolated table's layer times were measured again"
+    assert second.metadata["method"] == "in-context" and second.metadata["context"] == {"halved": True}
+    assert {n: per[8].median for n, per in second.isolated.items()} == alone
+    assert all(second.time(n, 8) == pytest.approx(alone[n] / 2) for n in alone)
+    assert second.fixed.median == 1.0
+
+    third = profile_table(npu, model, TINY_INPUT, [8, 32], out, resume=True, progress=False)
+    assert third.metadata["method"] == "isolated" and not third.isolated and "context" not in third.metadata
+    assert {n: per[8].median for n, per in third.layers.items()} == alone
+    assert third.fixed.median == pytest.approx(first.fixed.median)

@@ -86,6 +86,7 @@ def profile_table(
         meta["date"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         table = LatencyTable(metadata=meta, path=output)
     context_capable = backend.measures_context
+    _switch_method(table, context_capable)
     table.metadata["method"] = "in-context" if context_capable else "isolated"
     for spec in trace.layers:
         table.specs.setdefault(spec.name, spec)
@@ -120,6 +121,22 @@ def profile_table(
         table.fixed = backend.profile_fixed(model, trace) or _fixed_from_model(backend, model, trace, table)
     save()
     return table
+
+
+def _switch_method(table: LatencyTable, context_capable: bool) -> None:
+    """Resuming a table in the other method keeps every layer timed alone: an isolated table's
+    layer times become the in-context pass's isolated times, and an in-context table's isolated
+    times become an isolated table's layers. What depended on the old method is dropped."""
+    method = table.metadata.get("method")
+    if context_capable and method == "isolated" and table.layers:
+        table.isolated, table.layers = table.layers, {}
+    elif not context_capable and method == "in-context":
+        table.layers, table.isolated = table.isolated, {}
+        table.transitions, table.context_runs = [], {}
+    else:
+        return
+    table.fixed = None
+    table.metadata.pop("context", None)
 
 
 def _profile_context(backend: Backend, model: nn.Module, trace: ModelTrace, bits: Sequence[int],
