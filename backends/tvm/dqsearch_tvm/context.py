@@ -1,7 +1,8 @@
 """Layer times inside their transform, measured by switching one layer at a time.
 
-Summing layers timed alone over-predicted integer profiles of whole transforms by 5–15%
-(docs/tvm-results.md), so a layer's in-graph cost is taken from whole-transform runs instead:
+Summing layers timed alone missed cheng2020-anchor's whole transforms by ~20% (docs/tvm-results.md:
+its fp32 transforms run faster than their layers alone, an fp32 layer among int8 ones slower),
+so a layer's in-graph cost is taken from whole-transform runs instead:
 the transform at a *base* container everywhere (B) and the same transform with one layer `l`
 switched to container `c` (S), run alternately so that both see the same machine state. The
 paired difference S − B is that layer's cost change from base to `c` in its real surroundings.
