@@ -31,6 +31,8 @@ def container_of(bits: int) -> str:
     if 9 <= bits <= 16:
         return "int16"
     raise ValueError(f"no container for {bits}-bit layers: use 2..16 bits or 32 (FP32)")
+
+
 CONV, DECONV = "conv", "deconv"
 
 

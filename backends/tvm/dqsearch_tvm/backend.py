@@ -82,6 +82,7 @@ class TvmBackend(Backend):
         if isinstance(context_bases, str):
             context_bases = [b.strip() for b in context_bases.split(",") if b.strip()]
         self.context_bases = list(context_bases) if context_bases else None
+        self._widest_bits = {c: b for b, c in sorted(self.capabilities().items())}  # per container
         self._tvm_target = tvm.target.Target(self.target)
         self._layer_builds: dict[tuple, build.Built] = {}
         self._model_builds: dict[tuple, build.Built] = {}
@@ -168,10 +169,12 @@ class TvmBackend(Backend):
             for t in transforms:
                 iso = {}
                 for n in t.layers:
+                    given = (isolated or {}).get(n, {}).get(32)
+                    if given is not None:  # the table's own: not copied into the store
+                        iso[n] = list(given.samples) or [given.median]
+                        continue
                     key = f"{t.name}|isolated-fp32|{n}"
-                    if isolated and 32 in isolated.get(n, {}):
-                        store[key] = list(isolated[n][32].samples) or [isolated[n][32].median]
-                    elif key not in store:
+                    if key not in store:
                         store[key] = list(self.profile_layer(specs[n], 32).samples)
                         if save:
                             save()
@@ -199,7 +202,7 @@ class TvmBackend(Backend):
     def _paired(self, model: nn.Module, t: graph.Transform, base: str, layer: str | None,
                 container: str | None) -> tuple[list[float], list[float]]:
         """(base transform samples, switched − base samples), alternating which runs first."""
-        rep = {c: max(b for b, cc in self.capabilities().items() if cc == c) for c in self.CONTAINER_ORDER}
+        rep = self._widest_bits
         profile = dict.fromkeys(t.layers, rep[base])
         jobs = [Job(self._transform_build(model, t, profile).executable, [t.input])]
         if layer is not None:

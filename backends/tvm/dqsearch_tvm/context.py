@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 FP32 = "fp32"
 
@@ -58,8 +58,8 @@ class TransformFit:
 
     layers: dict[str, dict[str, list[float]]]
     fixed: list[float]
-    base_gap_ms: dict[str, float] = field(default_factory=dict)  # per layer, |estimate_b1 − estimate_b2|
-    uniform_check: dict[str, dict[str, float]] = field(default_factory=dict)
+    base_gap_ms: dict[str, float]  # per layer, |estimate_b1 − estimate_b2|
+    uniform_check: dict[str, dict[str, float]]
 
 
 def base_samples(runs: Mapping[str, Mapping[str, list[float]]], transform: str, base: str) -> list[float]:
@@ -110,7 +110,7 @@ def fit_transform(layers: Sequence[str], containers: Sequence[str], isolated_fp3
     fixed = [t - sum(anchor.values()) for t in pool]
     check = {}
     for b in dict.fromkeys([FP32, *used]):
-        measured = med(base_samples(runs, transform, b))
+        measured = med(pool if b == FP32 else base_samples(runs, transform, b))
         predicted = med(fixed) + sum(med(out[n][b]) for n in layers)
         check[b] = {"measured_ms": measured, "predicted_ms": predicted}
     return TransformFit(out, fixed, gaps, check)
