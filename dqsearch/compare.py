@@ -32,7 +32,8 @@ _POLICY_KEYS = set(QuantPolicy.__dataclass_fields__) - {"overrides"}
 _TRAIN_KEYS = set(TrainConfig.__dataclass_fields__)
 # study-front: the study to read, and (optionally) how to run it when it is missing or unfinished
 _FRONT_KEYS = {"study", "storage", "backend", "target_latency", "trials", "steps", "eta_range",
-               "gamma_range", "bit_sets", "val_limit", "selector", "latency_form"}
+               "gamma_range", "bit_sets", "val_limit", "selector", "latency_form", "sampler",
+               "startup_trials", "measure", "seed"}
 
 
 class StudyError(ValueError):
@@ -243,7 +244,7 @@ def _run_front_study(study: Study, method: Method, progress: bool) -> None:
     """Create (or resume) the latency study behind a study-front method, up to its trial count."""
     from .latency import LatencyTable
     from .latency_term import parse_latency
-    from .study import StudyConfig, create_study, run_trials
+    from .study import StudyConfig, create_study, run_trials, timed_backend
 
     o = method.options
     backend = o.get("backend")
@@ -262,6 +263,8 @@ def _run_front_study(study: Study, method: Method, progress: bool) -> None:
         bit_sets=o.get("bit_sets", [[4, 6, 8], [6, 8, 10], [4, 8, 16]]),
         gamma=tuple(o.get("gamma_range", (1e-3, 0.5))), eta=tuple(o.get("eta_range", (0.01, 10.0))),
         selector=o.get("selector", "global"), latency_form=o.get("latency_form", "hinge"),
+        sampler=o.get("sampler", "tpe"), startup_trials=int(o.get("startup_trials", 8)),
+        measure=bool(o["measure"]) if "measure" in o else timed_backend(backend), seed=int(o.get("seed", 0)),
         compile=bool(train.get("compile", False)))
     run_trials(create_study(o["study"], o["storage"], config), config, int(o.get("trials", 8)), progress)
 
