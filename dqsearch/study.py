@@ -52,6 +52,16 @@ class StudyError(ValueError):
     """A study that cannot be created, joined or shown; the message says why."""
 
 
+@dataclass(frozen=True)
+class TrialParams:
+    """What the search chooses for one trial."""
+
+    lmbda: float
+    bits: tuple[int, ...]
+    gamma: float
+    eta: float
+
+
 @dataclass
 class StudyConfig:
     """Everything a worker needs to run a trial (stored in the study, JSON-serialisable)."""
@@ -218,7 +228,6 @@ class Objective:
         bits = trial.suggest_categorical("bits", [",".join(map(str, b)) for b in cfg.bit_sets])
         gamma = trial.suggest_float("gamma", *cfg.gamma, log=True)
         eta = trial.suggest_float("eta", *cfg.eta, log=cfg.eta[0] > 0) if cfg.eta[1] > 0 else 0.0
-        candidates = tuple(int(b) for b in bits.split(","))
         path = Path(cfg.trial_dir) / f"trial-{trial.number}.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
         frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
@@ -230,17 +239,34 @@ class Objective:
                 if previous.with_name(previous.name + suffix).exists():
                     shutil.copyfile(previous.with_name(previous.name + suffix),
                                     path.with_name(path.name + suffix))
-        model, state, run = self._start(path, candidates, lmbda, trial.number)
+        on_log = self._pruning_callback(trial) if cfg.objective == "single" else None
+        attrs = self.run(TrialParams(lmbda, tuple(int(b) for b in bits.split(",")), gamma, eta),
+                         path, seed=cfg.seed + trial.number, number=trial.number, on_log=on_log)
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        trial.set_constraint("latency", attrs["constraint"])
+        if cfg.objective == "multi":
+            return attrs["bpp"], attrs["psnr"]
+        return rd_cost(attrs["bpp"], attrs["psnr"], lmbda)
+
+    def run(self, params: TrialParams, path: Path, seed: int, number: int = 0,
+            on_log=None) -> dict[str, Any]:
+        """Fine-tune one configuration into `path` (resuming it if present), evaluate it on the
+        validation images, and return what a trial records (its constraint value included).
+        Optuna's trials call this; so do paired ablations that fix every parameter but one."""
+        cfg = self.config
+        model, state, run = self._start(path, params.bits, params.lmbda, number)
         check_table_matches(self.table, model)
-        term = LatencyTerm(self.table, cfg.target_ms, eta, cfg.latency_form)
-        config = TrainConfig(lmbda=lmbda, steps=cfg.steps, batch_size=cfg.batch_size, crop=cfg.crop,
-                             lr=cfg.lr, gamma=gamma, seed=cfg.seed + trial.number,
+        term = LatencyTerm(self.table, cfg.target_ms, params.eta, cfg.latency_form)
+        config = TrainConfig(lmbda=params.lmbda, steps=cfg.steps, batch_size=cfg.batch_size, crop=cfg.crop,
+                             lr=cfg.lr, gamma=params.gamma, seed=seed,
                              checkpoint_every=max(25, cfg.steps // 4), compile=cfg.compile,
                              log_every=max(1, min(25, cfg.steps // 4)))
-        on_log = self._pruning_callback(trial) if cfg.objective == "single" else None
         train(model, run, self.sampler, config, path, state, [term], progress=self.progress,
               on_log=on_log)
-        return self._evaluate(trial, path, lmbda)
+        attrs = self._evaluate(path)
+        attrs.update(term.stats)  # this run's steps only (a resumed run counts from its restart)
+        return attrs
 
     def _start(self, path: Path, candidates: tuple[int, ...], lmbda: float, number: int):
         if path.exists():
@@ -281,26 +307,19 @@ class Objective:
 
         return report
 
-    def _evaluate(self, trial: optuna.Trial, path: Path, lmbda: float):
+    def _evaluate(self, path: Path) -> dict[str, Any]:
         cfg = self.config
         ck = load_checkpoint(path)
         rows = [evaluate_image(ck, f)[0] for f in self.val_files]
-        bpp = statistics.fmean(r.bpp for r in rows)
-        psnr = statistics.fmean(r.psnr for r in rows)
-        mse = statistics.fmean(10 ** (-r.psnr / 10) for r in rows)
         latency = self._latency(ck, [r.profile for r in rows])
-        attrs = {
-            "bpp": bpp, "psnr": psnr, "avg_bits": statistics.fmean(r.avg_bits for r in rows),
+        latency_ms = latency["measured_ms"] if latency["measured_ms"] is not None else latency["predicted_ms"]
+        return {
+            "bpp": statistics.fmean(r.bpp for r in rows), "psnr": statistics.fmean(r.psnr for r in rows),
+            "avg_bits": statistics.fmean(r.avg_bits for r in rows),
             "avg_bits_weighted": statistics.fmean(r.avg_bits_weighted for r in rows),
             **latency, "checkpoint": str(path), "model_id": ck.model_id,
+            "constraint": latency_ms / cfg.target_ms - 1.0,
         }
-        for k, v in attrs.items():
-            trial.set_user_attr(k, v)
-        latency_ms = latency["measured_ms"] if latency["measured_ms"] is not None else latency["predicted_ms"]
-        trial.set_constraint("latency", latency_ms / cfg.target_ms - 1.0)
-        if cfg.objective == "multi":
-            return bpp, psnr
-        return bpp + lmbda * 255**2 * mse
 
 
 def _storage_failure(error: BaseException) -> str | None:
