@@ -126,7 +126,8 @@ def test_reach_and_inert_sets_on_a_table(table_path):  # noqa: F811
 
 def test_an_unreachable_target_is_refused_before_training(family, table_path, tmp_path, capsys):  # noqa: F811
     argv = ["study", "--checkpoint", *family, "--latency-table", str(table_path),
-            "--backend", "sim-bitfusion", "--target-latency", "0.0001ms", "--trials", "1", "-o", str(tmp_path / "o"), "--no-progress"]
+            "--backend", "sim-bitfusion", "--target-latency", "0.0001ms", "--trials", "1",
+            "-o", str(tmp_path / "o"), "--no-progress"]
     assert main(argv) == 2
     assert "cannot be met" in capsys.readouterr().err
     assert not (tmp_path / "o" / "trials").exists(), "nothing trained"
