@@ -72,6 +72,7 @@ class StudyConfig:
     train_data: str
     trial_dir: str
     backend: str | None = None
+    backend_options: dict[str, Any] = field(default_factory=dict)  # e.g. tvm-cpu tune_trials
     steps: int = 300
     batch_size: int = 8
     crop: int = 128
@@ -207,7 +208,7 @@ class Objective:
         if config.measure:
             from .backends.registry import load_backend
 
-            self.backend = load_backend(config.backend)
+            self.backend = load_backend(config.backend, **config.backend_options)
 
     def lambda_range(self) -> tuple[float, float]:
         lams = [ck.meta.get("lmbda") for ck, _ in self.family]
