@@ -223,14 +223,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bd_rate(args: argparse.Namespace) -> int:
-    from .evaluate import bd_rate, read_curve
+    from .evaluate import bd_overlap, bd_rate, read_curve
 
     anchor = read_curve(args.anchor, args.metric)
     print(f"anchor {args.anchor}, metric {args.metric}, method {args.method}")
     for test in args.tests:
-        rate, dpsnr = bd_rate(anchor, read_curve(test, args.metric), args.method)
+        curve = read_curve(test, args.metric)
+        rate, dpsnr = bd_rate(anchor, curve, args.method)
         print(f"{test}: BD-rate {rate:+.2f}%  BD-{'PSNR' if args.metric == 'psnr-rgb' else 'MS-SSIM'} "
-              f"{dpsnr:+.3f} dB")
+              f"{dpsnr:+.3f} dB  (curves overlap on {bd_overlap(anchor, curve):.0%} of their quality range)")
     return 0
 
 

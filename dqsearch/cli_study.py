@@ -6,6 +6,19 @@ import argparse
 from pathlib import Path
 
 DEFAULT_BIT_SETS = "4,6,8;6,8,10;4,8,16"
+# This machine's CPU, when the user names no hardware: the first installed of these.
+LOCAL_CPU_BACKENDS = ("ort-cpu", "tvm-cpu")
+
+
+def _local_cpu_backend() -> str:
+    from .backends import available_backends
+
+    found = [b for b in LOCAL_CPU_BACKENDS if b in available_backends()]
+    if not found:
+        raise ValueError("name the hardware: --backend NAME (or --latency-table TABLE); no CPU "
+                         f"backend ({', '.join(LOCAL_CPU_BACKENDS)}) is installed: "
+                         "pip install -e backends/onnxruntime")
+    return found[0]
 
 
 def _range(text: str) -> tuple[float, float]:
@@ -65,12 +78,19 @@ def find_or_profile_table(backend_name: str, model, info: dict, input_size: str,
 
 
 def cmd_study(args: argparse.Namespace) -> int:
+    from .backends.host import cpu_model
+    from .feasibility import assess
+    from .latency import LatencyTable
     from .latency_term import parse_latency
     from .models import EMBEDDED_QUALITIES, load_checkpoint, resolve_checkpoint
-    from .study import StudyConfig, create_study, run_trials, torch_threads
+    from .study import StudyConfig, create_study, run_trials, timed_backend, torch_threads
 
     torch_threads(args.threads)
     target = parse_latency(args.target_latency)
+    if not args.backend and not args.latency_table:
+        args.backend = _local_cpu_backend()
+        print(f"no --backend given: measuring on this machine's CPU with {args.backend} ({cpu_model()}); "
+              "name another with --backend")
     specs = args.checkpoint or [f"embedded:{q}" for q in EMBEDDED_QUALITIES]
     family = [s if s.startswith("embedded:") else str(Path(s).resolve()) for s in specs]
     args.study_name = args.study_name or f"dq-{args.backend or 'table'}-{target:g}ms"
@@ -82,8 +102,12 @@ def cmd_study(args: argparse.Namespace) -> int:
         info = {"architecture": ck.architecture, "arch_args": ck.arch_args}
         table = str(find_or_profile_table(args.backend, ck.model, info, args.input, out,
                                           not args.no_progress).resolve())
-    else:
-        raise ValueError("name the hardware: --backend NAME (or --latency-table TABLE)")
+    loaded = LatencyTable.load(table)
+    shape = loaded.metadata.get("input_shape")
+    size = f"{shape[-2]}x{shape[-1]}" if shape else args.input
+    for note in assess(loaded, args.bit_sets, target, args.selector, size, args.backend or "this table"):
+        print(f"note: {note}")
+    measure = args.measure if args.measure is not None else timed_backend(args.backend)
     from .data import default_train_dir
 
     config = StudyConfig(
@@ -93,7 +117,8 @@ def cmd_study(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, crop=args.crop, lr=args.lr, val_limit=args.val_limit,
         bit_sets=args.bit_sets, gamma=args.gamma_range, eta=args.eta_range,
         latency_form=args.latency_form, selector=args.selector, objective=args.objective,
-        lmbda=args.lmbda, measure=args.measure, compile=bool(args.compile), seed=args.seed,
+        lmbda=args.lmbda, measure=measure, sampler=args.sampler, startup_trials=args.startup_trials,
+        compile=bool(args.compile), seed=args.seed,
         heartbeat_s=args.heartbeat, grace_s=args.grace)
     storage = _storage(args)
     study = create_study(args.study_name, storage, config)
@@ -111,8 +136,11 @@ def _show(study, config, out: Path) -> int:
             ("gamma", "γ", "{:.3g}"), ("eta", "η", "{:.3g}"), ("bpp", "bpp", "{:.4f}"),
             ("psnr", "PSNR (dB)", "{:.2f}"), ("avg_bits", "avg bits", "{:.2f}"),
             ("predicted_ms", "predicted ms", "{:.2f}"), ("measured_ms", "measured ms", "{:.2f}")]
-    print(f"feasible Pareto front (latency ≤ {config.target_ms:g} ms), "
-          f"{len(res['trials'])} finished trials:")
+    print(f"{len(res['trials'])} finished trials, {config.sampler} sampler "
+          f"({config.startup_trials} random start-up trials), {res['repeated_parameters']} repeated "
+          "parameter set(s)")
+    print(f"feasible Pareto front on the validation images (latency ≤ {config.target_ms:g} ms"
+          f"{', measured' if config.measure else ', predicted'}):")
     print(markdown_table(res["front"], cols) if res["front"] else "(no feasible trial yet)")
     if res.get("bd_rate_vs_fp32") is not None:
         print(f"BD-rate of the front against the FP32 family: {res['bd_rate_vs_fp32']:+.2f}%")
@@ -151,7 +179,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("study", help="latency-constrained search (show / export: see 'study show -h')")
     p.add_argument("--checkpoint", nargs="+", help="FP32 family (default: embedded:1..4)")
-    p.add_argument("--backend", help="backend whose latency table constrains the search")
+    p.add_argument("--backend", help="backend whose latency table constrains the search "
+                   "(default: this machine's CPU, ort-cpu or tvm-cpu)")
     p.add_argument("--latency-table", help="use this table instead of finding/profiling one")
     p.add_argument("--input", default="768x512", help="input size the latency refers to (HxW)")
     p.add_argument("--target-latency", required=True, help="budget, e.g. 20ms or 0.5s")
@@ -176,7 +205,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--objective", choices=["multi", "single"], default="multi",
                    help="multi: (bpp, PSNR); single: RD cost at --lambda, with pruning")
     p.add_argument("--lambda", dest="lmbda", type=float, help="fixed λ for --objective single")
-    p.add_argument("--measure", action="store_true", help="also measure each trial on the backend")
+    p.add_argument("--measure", action=argparse.BooleanOptionalAction, default=None,
+                   help="constrain on the latency measured on the backend for the profiles each trial's "
+                   "model picks (default: on for timed backends, off for simulated ones)")
+    p.add_argument("--sampler", choices=["tpe", "random"], default="tpe",
+                   help="Optuna sampler (reseeded per trial from --seed: no process replays another)")
+    p.add_argument("--startup-trials", type=int, default=8,
+                   help="random trials before TPE models the history (default 8)")
     p.add_argument("--compile", action="store_true", help="torch.compile the fake quantizer")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--heartbeat", type=int, default=60, help="seconds between worker heartbeats")

@@ -32,7 +32,8 @@ _POLICY_KEYS = set(QuantPolicy.__dataclass_fields__) - {"overrides"}
 _TRAIN_KEYS = set(TrainConfig.__dataclass_fields__)
 # study-front: the study to read, and (optionally) how to run it when it is missing or unfinished
 _FRONT_KEYS = {"study", "storage", "backend", "target_latency", "trials", "steps", "eta_range",
-               "gamma_range", "bit_sets", "val_limit", "selector", "latency_form"}
+               "gamma_range", "bit_sets", "val_limit", "selector", "latency_form", "sampler",
+               "startup_trials", "measure", "seed", "backend_options"}
 
 
 class StudyError(ValueError):
@@ -231,9 +232,12 @@ def method_checkpoints(study: Study, method: Method, progress: bool) -> list[Pat
     from .study import export_trial
 
     paths = []
+    ids = {t.number: t.user_attrs.get("model_id") for t in opt.get_trials(deepcopy=False)}
     for row in front:  # named by study too: study files sharing a cache may reuse a method name
         out = study.cache / "checkpoints" / method.slug / f"{opt.study_name}-trial-{row['trial']}.pt"
-        if not out.exists():
+        # a study re-created under the same name numbers its trials from 0 again: re-export
+        # unless the file holds this trial's model
+        if not out.exists() or load_checkpoint(out).model_id != ids.get(row["trial"]):
             export_trial(opt, row["trial"], out)
         paths.append(out)
     return paths
@@ -243,7 +247,7 @@ def _run_front_study(study: Study, method: Method, progress: bool) -> None:
     """Create (or resume) the latency study behind a study-front method, up to its trial count."""
     from .latency import LatencyTable
     from .latency_term import parse_latency
-    from .study import StudyConfig, create_study, run_trials
+    from .study import StudyConfig, create_study, run_trials, timed_backend
 
     o = method.options
     backend = o.get("backend")
@@ -256,12 +260,15 @@ def _run_front_study(study: Study, method: Method, progress: bool) -> None:
                 for s in study.family],
         latency_table=str(tables[0]), target_ms=parse_latency(o["target_latency"]),
         train_data=str(study.train_data), trial_dir=str(study.cache / "trials" / o["study"]),
-        backend=backend, steps=int(o.get("steps", train.get("steps", 300))),
+        backend=backend, backend_options=dict(o.get("backend_options", {})),
+        steps=int(o.get("steps", train.get("steps", 300))),
         batch_size=int(train.get("batch_size", 8)), crop=int(train.get("crop", 128)),
         lr=float(train.get("lr", 1e-5)), val_limit=int(o.get("val_limit", 5)),
         bit_sets=o.get("bit_sets", [[4, 6, 8], [6, 8, 10], [4, 8, 16]]),
         gamma=tuple(o.get("gamma_range", (1e-3, 0.5))), eta=tuple(o.get("eta_range", (0.01, 10.0))),
         selector=o.get("selector", "global"), latency_form=o.get("latency_form", "hinge"),
+        sampler=o.get("sampler", "tpe"), startup_trials=int(o.get("startup_trials", 8)),
+        measure=bool(o["measure"]) if "measure" in o else timed_backend(backend), seed=int(o.get("seed", 0)),
         compile=bool(train.get("compile", False)))
     run_trials(create_study(o["study"], o["storage"], config), config, int(o.get("trials", 8)), progress)
 
@@ -270,8 +277,8 @@ _backends: dict[str, Any] = {}
 
 
 def latency_of_point(study: Study, ck, point: dict[str, Any]) -> dict[str, Any]:
-    """Predicted latency (mean over images' profiles) per table, and measured latency of the most
-    common profile per backend named in [latency] measure."""
+    """Predicted latency (mean over images' profiles) per table, and measured latency (mean over
+    the images' distinct profiles, weighted by frequency) per backend named in [latency] measure."""
     from collections import Counter
 
     from .latency import LatencyTable
@@ -286,11 +293,14 @@ def latency_of_point(study: Study, ck, point: dict[str, Any]) -> dict[str, Any]:
     if study.measure:
         from .backends import load_backend, parse_input_shape
 
-        common = dict(Counter(tuple(sorted(p.items())) for p in profiles).most_common(1)[0][0])
+        # every distinct profile the images picked, weighted by how many picked it
+        counts = Counter(tuple(sorted(p.items())) for p in profiles)
         for name in study.measure:
             backend = _backends.setdefault(name, load_backend(name))
-            m = backend.profile_model(ck.model, common, parse_input_shape(study.measure_input))
-            out["measured_ms"][name] = m.median
+            shape = parse_input_shape(study.measure_input)
+            out["measured_ms"][name] = sum(
+                n * backend.profile_model(ck.model, dict(p), shape).median for p, n in counts.items()
+            ) / len(profiles)
     return out
 
 

@@ -182,3 +182,13 @@ def bd_rate(anchor: tuple[Sequence[float], Sequence[float]], test: tuple[Sequenc
     dpsnr = bd.bd_psnr(anchor[0], anchor[1], test[0], test[1], method=method,
                        require_matching_points=False, min_overlap=0)
     return float(rate), float(dpsnr)
+
+
+def bd_overlap(anchor: tuple[Sequence[float], Sequence[float]],
+               test: tuple[Sequence[float], Sequence[float]]) -> float:
+    """The share (0–1) of the two curves' joint quality range that both cover: the interval
+    BD-rate integrates over, relative to the whole. `bjontegaard` warns below 0.75; we report it
+    beside every BD-rate instead, so a reader sees how much of the curve the number rests on."""
+    (lo_a, hi_a), (lo_t, hi_t) = ((min(d), max(d)) for _, d in (anchor, test))
+    whole = max(hi_a, hi_t) - min(lo_a, lo_t)
+    return max(0.0, min(hi_a, hi_t) - max(lo_a, lo_t)) / whole if whole > 0 else 0.0

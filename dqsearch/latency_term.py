@@ -61,6 +61,16 @@ class LatencyTerm:
             raise ValueError(f"latency weight η must be non-negative, got {weight}")
         self.table, self.target_ms, self.weight, self.form = table, float(target_ms), weight, form
         self.last_expected_ms: float | None = None
+        # L_lat before η, summed over steps: an ablation of η must show the term was non-zero
+        # where it was on (a hinge that never opens tests nothing).
+        self.calls, self.active, self.total = 0, 0, 0.0
+
+    @property
+    def stats(self) -> dict[str, float | int | None]:
+        return {"latency_term_steps": self.calls,
+                "latency_term_active_share": self.active / self.calls if self.calls else None,
+                "latency_term_mean": self.total / self.calls if self.calls else None,
+                "expected_ms_last": self.last_expected_ms}
 
     def normalised(self, expected_ms: Tensor) -> Tensor:
         ratio = expected_ms / self.target_ms
@@ -69,4 +79,8 @@ class LatencyTerm:
     def __call__(self, model: nn.Module) -> tuple[str, Tensor]:
         expected = self.table.expected_latency_of(model).mean()
         self.last_expected_ms = float(expected.detach())
-        return "latency", self.weight * self.normalised(expected)
+        value = self.normalised(expected)
+        self.calls += 1
+        self.active += int(float(value.detach()) > 0)
+        self.total += float(value.detach())
+        return "latency", self.weight * value

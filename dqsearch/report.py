@@ -14,20 +14,13 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .evaluate import bd_rate  # noqa: E402
+from .evaluate import bd_overlap, bd_rate  # noqa: E402
+
+LOW_OVERLAP = 0.75  # bjontegaard's own warning threshold
 
 
 def curve(results: dict[str, Any], metric: str = "psnr-rgb") -> tuple[list[float], list[float]]:
     return list(results["results"]["bpp"]), list(results["results"][metric])
-
-
-def rd_front(points: tuple[list[float], list[float]]) -> tuple[list[float], list[float]]:
-    """The points no other point beats in both rate (lower) and quality (higher), by rate."""
-    kept: list[tuple[float, float]] = []
-    for r, d in sorted(zip(*points, strict=True), key=lambda p: (p[0], -p[1])):
-        if not kept or d > kept[-1][1]:
-            kept.append((r, d))
-    return [r for r, _ in kept], [d for _, d in kept]
 
 
 def summary_rows(methods: dict[str, dict[str, Any]], anchor: str, bd_method: str = "pchip") -> list[dict]:
@@ -51,24 +44,25 @@ def _rows(methods: dict[str, dict[str, Any]], anchor: str, bd_method: str) -> li
         bits = [p["mean"]["avg_bits"] for p in pts]
         wbits = [p["mean"]["avg_bits_weighted"] for p in pts]
         b = _mean(bits)
-        bd, note = (0.0, 0.0), ""
+        bd, note, overlap = (0.0, 0.0), "", 1.0
         if name != anchor:
+            # Every point as it falls on this dataset, sorted by rate: a study's front is chosen on
+            # validation images, and dropping the points the test set shows dominated would be
+            # choosing on the test set. A curve that is not monotonic here gets n/a and the reason.
             test = curve(res)
-            front = rd_front(test)
-            if len(front[0]) < len(test[0]) and len(front[0]) >= 2:
-                # A study's front (chosen on validation images) need not stay monotonic on the
-                # test set: measure the points that are not dominated there, and say so.
-                note = (f"BD-rate over the {len(front[0])} of {len(test[0])} points that no other "
-                        "point of this method dominates on this dataset")
-                test = front
             try:
                 bd = bd_rate(ref, test, bd_method)
-            except ValueError as e:  # e.g. a single point: report n/a and say why
-                bd, note = (math.nan, math.nan), str(e)
+                overlap = bd_overlap(ref, test)
+                if overlap < LOW_OVERLAP:
+                    note = (f"the curves share only {overlap:.0%} of their PSNR range "
+                            f"(bjontegaard warns below {LOW_OVERLAP:.0%})")
+            except ValueError as e:  # e.g. a single point, or not monotonic: n/a, and say why
+                bd, note, overlap = (math.nan, math.nan), str(e), math.nan
         row = {
             "method": name,
             "bd_rate_pct": bd[0],
             "bd_psnr_db": bd[1],
+            "bd_overlap_pct": 100 * overlap,
             "avg_bits": b if b is not None else 32.0,
             "avg_bits_weighted": _mean(wbits) if _mean(wbits) is not None else 32.0,
             "bpp_range": f"{min(p['mean']['bpp'] for p in pts):.3f}-{max(p['mean']['bpp'] for p in pts):.3f}",
@@ -95,6 +89,7 @@ COLUMNS = [
     ("method", "Method", "{}"),
     ("bd_rate_pct", "BD-rate vs anchor (%)", "{:+.2f}"),
     ("bd_psnr_db", "BD-PSNR (dB)", "{:+.3f}"),
+    ("bd_overlap_pct", "BD overlap (%)", "{:.0f}"),
     ("avg_bits", "avg bits (layer mean)", "{:.2f}"),
     ("avg_bits_weighted", "avg bits (param-weighted)", "{:.2f}"),
     ("nominal_speedup", "nominal speedup 32/b̄", "{:.2f}x"),
@@ -204,6 +199,28 @@ def plot_profiles(profiles: dict[str, dict[str, int]], path: str | Path, title: 
     ax.set_yticks(range(len(names)), names, fontsize=7)
     fig.colorbar(im, ax=ax, label="bits")
     ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_search_progress(progress: Sequence[dict], startup: int, lmbda: float, path: str | Path,
+                         title: str) -> None:
+    """Best feasible RD cost and feasible hypervolume after each trial, with the random start-up
+    trials shaded: the search earns its keep where the curves improve after the shading."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9.6, 3.8))
+    xs = [p["trial"] for p in progress]
+    a.step(xs, [p["best_feasible_rd_cost"] if p["best_feasible_rd_cost"] is not None else math.nan
+                for p in progress], where="post", marker="o")
+    b.step(xs, [p["hypervolume"] for p in progress], where="post", marker="o", c="tab:green")
+    a.set_ylabel(f"best feasible RD cost (λ = {lmbda:.4g})")
+    b.set_ylabel("hypervolume of the feasible front (bpp, PSNR)")
+    for ax in (a, b):
+        ax.axvspan(-0.5, startup - 0.5, color="0.9", label=f"random start ({startup} trials)")
+        ax.set_xlabel("trial number")
+        ax.grid(alpha=0.3)
+    a.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

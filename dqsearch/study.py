@@ -37,6 +37,7 @@ from .latency import LatencyTable
 from .latency_term import LatencyTerm, check_table_matches
 from .models import LoadedCheckpoint, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .quant.wrap import QuantPolicy, wrap
+from .sampler import SAMPLERS, make_sampler
 from .train import RunSpec, TrainConfig, train
 
 CONFIG_ATTR = "dqsearch_config"
@@ -51,6 +52,16 @@ class StudyError(ValueError):
     """A study that cannot be created, joined or shown; the message says why."""
 
 
+@dataclass(frozen=True)
+class TrialParams:
+    """What the search chooses for one trial."""
+
+    lmbda: float
+    bits: tuple[int, ...]
+    gamma: float
+    eta: float
+
+
 @dataclass
 class StudyConfig:
     """Everything a worker needs to run a trial (stored in the study, JSON-serialisable)."""
@@ -61,6 +72,7 @@ class StudyConfig:
     train_data: str
     trial_dir: str
     backend: str | None = None
+    backend_options: dict[str, Any] = field(default_factory=dict)  # e.g. tvm-cpu tune_trials
     steps: int = 300
     batch_size: int = 8
     crop: int = 128
@@ -73,6 +85,8 @@ class StudyConfig:
     latency_form: str = "hinge"
     selector: str = "global"
     objective: str = "multi"
+    sampler: str = "tpe"
+    startup_trials: int = 8
     lmbda: float | None = None
     measure: bool = False
     compile: bool = False
@@ -88,6 +102,10 @@ class StudyConfig:
             raise StudyError("the single-objective mode needs a fixed --lambda")
         if not self.family:
             raise StudyError("a study needs at least one FP32 checkpoint")
+        if self.sampler not in SAMPLERS:
+            raise StudyError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.startup_trials < 1:
+            raise StudyError(f"startup_trials must be ≥ 1, got {self.startup_trials}")
         if self.measure and not self.backend:
             raise StudyError("--measure needs --backend")
         self.gamma, self.eta = tuple(self.gamma), tuple(self.eta)
@@ -141,7 +159,7 @@ def _directions(config: StudyConfig) -> list[str]:
 def create_study(name: str, storage_url: str, config: StudyConfig) -> optuna.Study:
     """Create the study, or reopen it when the stored configuration is the same."""
     storage = make_storage(storage_url, config.heartbeat_s, config.grace_s, config.max_retry)
-    sampler = optuna.samplers.TPESampler(seed=config.seed, multivariate=True)
+    sampler = make_sampler(config.sampler, config.seed, config.startup_trials)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=config.steps // 3)
     study = optuna.create_study(study_name=name, storage=storage, directions=_directions(config),
                                 sampler=sampler, pruner=pruner, load_if_exists=True)
@@ -167,7 +185,7 @@ def load_study(name: str, storage_url: str) -> tuple[optuna.Study, StudyConfig]:
         raise StudyError(f"study {name!r} was not created by dqsearch (no configuration stored)")
     config = StudyConfig.from_dict(raw)
     storage = make_storage(storage_url, config.heartbeat_s, config.grace_s, config.max_retry)
-    sampler = optuna.samplers.TPESampler(seed=None, multivariate=True)
+    sampler = make_sampler(config.sampler, config.seed, config.startup_trials)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=config.steps // 3)
     return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner), config
 
@@ -190,7 +208,7 @@ class Objective:
         if config.measure:
             from .backends.registry import load_backend
 
-            self.backend = load_backend(config.backend)
+            self.backend = load_backend(config.backend, **config.backend_options)
 
     def lambda_range(self) -> tuple[float, float]:
         lams = [ck.meta.get("lmbda") for ck, _ in self.family]
@@ -211,7 +229,6 @@ class Objective:
         bits = trial.suggest_categorical("bits", [",".join(map(str, b)) for b in cfg.bit_sets])
         gamma = trial.suggest_float("gamma", *cfg.gamma, log=True)
         eta = trial.suggest_float("eta", *cfg.eta, log=cfg.eta[0] > 0) if cfg.eta[1] > 0 else 0.0
-        candidates = tuple(int(b) for b in bits.split(","))
         path = Path(cfg.trial_dir) / f"trial-{trial.number}.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
         frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
@@ -223,17 +240,34 @@ class Objective:
                 if previous.with_name(previous.name + suffix).exists():
                     shutil.copyfile(previous.with_name(previous.name + suffix),
                                     path.with_name(path.name + suffix))
-        model, state, run = self._start(path, candidates, lmbda, trial.number)
+        on_log = self._pruning_callback(trial) if cfg.objective == "single" else None
+        attrs = self.run(TrialParams(lmbda, tuple(int(b) for b in bits.split(",")), gamma, eta),
+                         path, seed=cfg.seed + trial.number, number=trial.number, on_log=on_log)
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        trial.set_constraint("latency", attrs["constraint"])
+        if cfg.objective == "multi":
+            return attrs["bpp"], attrs["psnr"]
+        return rd_cost(attrs["bpp"], attrs["psnr"], lmbda)
+
+    def run(self, params: TrialParams, path: Path, seed: int, number: int = 0,
+            on_log=None) -> dict[str, Any]:
+        """Fine-tune one configuration into `path` (resuming it if present), evaluate it on the
+        validation images, and return what a trial records (its constraint value included).
+        Optuna's trials call this; so do paired ablations that fix every parameter but one."""
+        cfg = self.config
+        model, state, run = self._start(path, params.bits, params.lmbda, number)
         check_table_matches(self.table, model)
-        term = LatencyTerm(self.table, cfg.target_ms, eta, cfg.latency_form)
-        config = TrainConfig(lmbda=lmbda, steps=cfg.steps, batch_size=cfg.batch_size, crop=cfg.crop,
-                             lr=cfg.lr, gamma=gamma, seed=cfg.seed + trial.number,
+        term = LatencyTerm(self.table, cfg.target_ms, params.eta, cfg.latency_form)
+        config = TrainConfig(lmbda=params.lmbda, steps=cfg.steps, batch_size=cfg.batch_size, crop=cfg.crop,
+                             lr=cfg.lr, gamma=params.gamma, seed=seed,
                              checkpoint_every=max(25, cfg.steps // 4), compile=cfg.compile,
                              log_every=max(1, min(25, cfg.steps // 4)))
-        on_log = self._pruning_callback(trial) if cfg.objective == "single" else None
         train(model, run, self.sampler, config, path, state, [term], progress=self.progress,
               on_log=on_log)
-        return self._evaluate(trial, path, lmbda)
+        attrs = self._evaluate(path)
+        attrs.update(term.stats)  # this run's steps only (a resumed run counts from its restart)
+        return attrs
 
     def _start(self, path: Path, candidates: tuple[int, ...], lmbda: float, number: int):
         if path.exists():
@@ -245,6 +279,22 @@ class Objective:
         model = wrap(fp.model, policy)
         meta = {"init_from": str(spec), "init_model_id": fp.model_id, "trial": number}
         return model, None, RunSpec(fp.architecture, fp.arch_args, policy, meta)
+
+    def _latency(self, ck: LoadedCheckpoint, profiles: list[dict[str, int]]) -> dict[str, Any]:
+        """Predicted and (with `measure`) measured latency of the profiles the model picked on the
+        validation images: every distinct profile, weighted by how many images chose it. A
+        simulated backend's measurement is its analytical model, i.e. the prediction itself."""
+        counts = Counter(tuple(sorted(p.items())) for p in profiles)
+        distinct = [(dict(p), n / len(profiles)) for p, n in counts.most_common()]
+        predicted = sum(w * self.table.predict(p) for p, w in distinct)
+        measured, simulated = None, False
+        if self.backend is not None:
+            simulated = bool(self.backend.metadata().get("simulated"))
+            shape = tuple(self.table.metadata.get("input_shape", (1, 3, 512, 768)))
+            measured = sum(w * self.backend.profile_model(ck.model, p, shape).median for p, w in distinct)
+        return {"predicted_ms": predicted, "measured_ms": measured, "measured_is_simulated": simulated,
+                "profile": distinct[0][0], "profiles": [{"profile": p, "share": w} for p, w in distinct],
+                "distinct_profiles": len(distinct)}
 
     @staticmethod
     def _pruning_callback(trial: optuna.Trial):
@@ -258,32 +308,19 @@ class Objective:
 
         return report
 
-    def _evaluate(self, trial: optuna.Trial, path: Path, lmbda: float):
+    def _evaluate(self, path: Path) -> dict[str, Any]:
         cfg = self.config
         ck = load_checkpoint(path)
         rows = [evaluate_image(ck, f)[0] for f in self.val_files]
-        bpp = statistics.fmean(r.bpp for r in rows)
-        psnr = statistics.fmean(r.psnr for r in rows)
-        mse = statistics.fmean(10 ** (-r.psnr / 10) for r in rows)
-        predicted = statistics.fmean(self.table.predict(r.profile) for r in rows)
-        common = Counter(tuple(r.profile.items()) for r in rows).most_common(1)[0][0]
-        measured = None
-        if self.backend is not None:
-            shape = tuple(self.table.metadata.get("input_shape", (1, 3, 512, 768)))
-            measured = self.backend.profile_model(ck.model, dict(common), shape).median
-        latency = measured if measured is not None else predicted
-        attrs = {
-            "bpp": bpp, "psnr": psnr, "avg_bits": statistics.fmean(r.avg_bits for r in rows),
+        latency = self._latency(ck, [r.profile for r in rows])
+        latency_ms = latency["measured_ms"] if latency["measured_ms"] is not None else latency["predicted_ms"]
+        return {
+            "bpp": statistics.fmean(r.bpp for r in rows), "psnr": statistics.fmean(r.psnr for r in rows),
+            "avg_bits": statistics.fmean(r.avg_bits for r in rows),
             "avg_bits_weighted": statistics.fmean(r.avg_bits_weighted for r in rows),
-            "predicted_ms": predicted, "measured_ms": measured, "profile": dict(common),
-            "checkpoint": str(path), "model_id": ck.model_id,
+            **latency, "checkpoint": str(path), "model_id": ck.model_id,
+            "constraint": latency_ms / cfg.target_ms - 1.0,
         }
-        for k, v in attrs.items():
-            trial.set_user_attr(k, v)
-        trial.set_constraint("latency", latency / cfg.target_ms - 1.0)
-        if cfg.objective == "multi":
-            return bpp, psnr
-        return bpp + lmbda * 255**2 * mse
 
 
 def _storage_failure(error: BaseException) -> str | None:
@@ -336,19 +373,65 @@ def feasible(trial: optuna.trial.FrozenTrial) -> bool:
     return all(v <= 0 for v in trial.constraints.values()) if trial.constraints else False
 
 
+def _front(trials: list[optuna.trial.FrozenTrial], config: StudyConfig) -> set[int]:
+    """Numbers of the feasible trials no other feasible trial beats, on the validation images
+    (multi: lower bpp and higher PSNR; single: the lowest RD cost)."""
+    ok = [t for t in trials if feasible(t)]
+    if config.objective == "single":
+        return {min(ok, key=lambda t: t.values[0]).number} if ok else set()
+    def beats(a, b):  # noqa: E306
+        return (a.values[0] <= b.values[0] and a.values[1] >= b.values[1]) and a.values != b.values
+    return {t.number for t in ok if not any(beats(o, t) for o in ok)}
+
+
+def rd_cost(bpp: float, psnr: float, lmbda: float) -> float:
+    """bpp + λ·255²·MSE, with MSE recovered from the mean PSNR (images in [0, 1])."""
+    return bpp + lmbda * 255**2 * 10 ** (-psnr / 10)
+
+
+def hypervolume(points: list[tuple[float, float]], ref: tuple[float, float]) -> float:
+    """Area dominated by (bpp ↓, PSNR ↑) points up to the reference (worst bpp, worst PSNR)."""
+    area, best_psnr = 0.0, ref[1]
+    for bpp, psnr in sorted(p for p in points if p[0] < ref[0] and p[1] > ref[1]):
+        if psnr > best_psnr:
+            area += (ref[0] - bpp) * (psnr - best_psnr)
+            best_psnr = psnr
+    return area
+
+
+def progress(rows: list[dict[str, Any]], lmbda: float) -> list[dict[str, Any]]:
+    """How the search improved with the trial count: after each finished trial (by number), the
+    best feasible RD cost at λ and the hypervolume of the feasible (bpp, PSNR) front."""
+    done = sorted((r for r in rows if r["bpp"] is not None), key=lambda r: r["trial"])
+    if not done:
+        return []
+    ref = (max(r["bpp"] for r in done) * 1.05, min(r["psnr"] for r in done) - 0.1)
+    out, best, pts = [], None, []
+    for r in done:
+        if r["feasible"]:
+            cost = rd_cost(r["bpp"], r["psnr"], lmbda)
+            best = cost if best is None else min(best, cost)
+            pts.append((r["bpp"], r["psnr"]))
+        out.append({"trial": r["trial"], "best_feasible_rd_cost": best, "hypervolume": hypervolume(pts, ref)})
+    return out
+
+
 def summary(study: optuna.Study, config: StudyConfig) -> dict[str, Any]:
     trials = study.get_trials(states=(TrialState.COMPLETE,))
     if not trials:
         raise StudyError(f"study {study.study_name!r} has no finished trials yet")
-    front = study.best_trials if config.objective == "multi" else [study.best_trial]
-    rows = []
-    for t in trials:
-        rows.append({"trial": t.number, **t.params,
-                     **{k: t.user_attrs.get(k) for k in ("bpp", "psnr", "avg_bits", "predicted_ms",
-                                                          "measured_ms")},
-                     "feasible": feasible(t), "front": t in front})
-    return {"study": study.study_name, "target_ms": config.target_ms, "trials": rows,
-            "front": [r for r in rows if r["front"] and r["feasible"]]}
+    front = _front(trials, config)
+    keys = ("bpp", "psnr", "avg_bits", "predicted_ms", "measured_ms", "measured_is_simulated",
+            "distinct_profiles")
+    rows = [{"trial": t.number, **t.params, **{k: t.user_attrs.get(k) for k in keys},
+             "feasible": feasible(t), "front": t.number in front} for t in trials]
+    params = [tuple(sorted(t.params.items())) for t in trials]
+    lmbda = config.lmbda or statistics.median(r.get("lmbda") or 0.013 for r in rows)
+    return {"study": study.study_name, "target_ms": config.target_ms, "sampler": config.sampler,
+            "startup_trials": config.startup_trials, "trials": rows,
+            "repeated_parameters": len(params) - len(set(params)),
+            "front": [r for r in rows if r["front"]], "progress_lambda": lmbda,
+            "progress": progress(rows, lmbda)}
 
 
 def export_trial(study: optuna.Study, number: int, output: str | Path) -> Path:
@@ -364,6 +447,16 @@ def export_trial(study: optuna.Study, number: int, output: str | Path) -> Path:
             "predicted_ms": t.user_attrs.get("predicted_ms")}
     save_checkpoint(output, ck.model, ck.architecture, ck.arch_args, ck.policy, meta)
     return Path(output)
+
+
+def timed_backend(name: str | None) -> bool:
+    """Whether feasibility should be measured on `name` by default: yes on real backends; a
+    simulated backend's measurement is its own prediction, so measuring adds nothing."""
+    if not name:
+        return False
+    from .backends.registry import load_backend
+
+    return not load_backend(name).metadata().get("simulated", False)
 
 
 def torch_threads(n: int | None) -> None:
@@ -393,8 +486,8 @@ def fp32_curve(config: StudyConfig, cache: Path) -> tuple[list[float], list[floa
 
 def write_study_report(study: optuna.Study, config: StudyConfig, output: Path) -> dict[str, Any]:
     """Front table, BD-rate of the front against FP32, and the three figures."""
-    from .evaluate import bd_rate
-    from .report import plot_pareto, plot_profiles
+    from .evaluate import bd_overlap, bd_rate
+    from .report import plot_pareto, plot_profiles, plot_search_progress
 
     res = summary(study, config)
     output.mkdir(parents=True, exist_ok=True)
@@ -404,11 +497,15 @@ def write_study_report(study: optuna.Study, config: StudyConfig, output: Path) -
     res["bd_rate_vs_fp32"] = None
     if len(front) >= 2 and len(fp32[0]) >= 2:
         try:
-            res["bd_rate_vs_fp32"] = bd_rate(fp32, ([r["bpp"] for r in front], [r["psnr"] for r in front]))[0]
+            curve = ([r["bpp"] for r in front], [r["psnr"] for r in front])
+            res["bd_rate_vs_fp32"] = bd_rate(fp32, curve)[0]
+            res["bd_overlap_pct"] = 100 * bd_overlap(fp32, curve)
         except ValueError as e:
             res["bd_rate_note"] = str(e)
     title = f"{study.study_name}: target {config.target_ms:g} ms"
     plot_pareto(res["trials"], fp32, output / "pareto.png", title)
+    plot_search_progress(res["progress"], config.startup_trials, res["progress_lambda"],
+                         output / "progress.png", f"{title}, {config.sampler} sampler")
     if front:
         trials = {t.number: t for t in study.get_trials(states=(TrialState.COMPLETE,))}
         profiles = {f"trial {r['trial']}": trials[r["trial"]].user_attrs["profile"] for r in front}
