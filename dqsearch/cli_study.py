@@ -139,6 +139,12 @@ def _show(study, config, out: Path) -> int:
     print(f"{len(res['trials'])} finished trials, {config.sampler} sampler "
           f"({config.startup_trials} random start-up trials), {res['repeated_parameters']} repeated "
           "parameter set(s)")
+    from .study import timed_backend
+
+    if config.backend and not timed_backend(config.backend):
+        print(f"{config.backend} is simulated: its measured latency is the prediction by construction")
+    elif not config.measure:
+        print("latency predicted from the table (not measured: --measure to constrain on measurements)")
     print(f"feasible Pareto front on the validation images (latency ≤ {config.target_ms:g} ms"
           f"{', measured' if config.measure else ', predicted'}):")
     print(markdown_table(res["front"], cols) if res["front"] else "(no feasible trial yet)")

@@ -214,7 +214,7 @@ def plot_search_progress(progress: Sequence[dict], startup: int, lmbda: float, p
                 for p in progress], where="post", marker="o")
     b.step(xs, [p["hypervolume"] for p in progress], where="post", marker="o", c="tab:green")
     a.set_ylabel(f"best feasible RD cost (λ = {lmbda:.4g})")
-    b.set_ylabel("hypervolume of the feasible front (bpp, PSNR)")
+    b.set_ylabel("feasible front hypervolume")
     for ax in (a, b):
         ax.axvspan(-0.5, startup - 0.5, color="0.9", label=f"random start ({startup} trials)")
         ax.set_xlabel("trial number")
