@@ -70,6 +70,7 @@ class Study:
     latency_tables: list[Path] = field(default_factory=list)
     measure: list[str] = field(default_factory=list)
     measure_input: str = "768x512"
+    backend_options: dict[str, Any] = field(default_factory=dict)  # [latency] options, --threads
 
     @classmethod
     def load(cls, path: str | Path) -> Study:
@@ -89,7 +90,7 @@ class Study:
             return (root / p).resolve() if not Path(p).is_absolute() else Path(p)
 
         lat = raw.get("latency", {})
-        bad_lat = set(lat) - {"tables", "measure", "input"}
+        bad_lat = set(lat) - {"tables", "measure", "input", "options"}
         if bad_lat:
             raise StudyError(f"{path}: unknown [latency] fields {sorted(bad_lat)}")
         for key in ("name", "family", "methods"):
@@ -152,6 +153,7 @@ class Study:
             bd_method=raw.get("bd_method", "pchip"),
             latency_tables=[where(t, root) for t in lat.get("tables", [])],
             measure=list(lat.get("measure", [])), measure_input=lat.get("input", "768x512"),
+            backend_options=dict(lat.get("options", {})),
         )
 
 
@@ -284,11 +286,15 @@ def latency_of_point(study: Study, ck, point: dict[str, Any]) -> dict[str, Any]:
         name = table.metadata.get("backend", path.stem)
         out["predicted_ms"][name] = sum(table.predict(p) for p in profiles) / len(profiles)
     if study.measure:
-        from .backends import load_backend, parse_input_shape
+        from .backends import parse_input_shape
+        from .backends.options import open_backend
 
         common = dict(Counter(tuple(sorted(p.items())) for p in profiles).most_common(1)[0][0])
         for name in study.measure:
-            backend = _backends.setdefault(name, load_backend(name))
+            key = json.dumps([name, study.backend_options], sort_keys=True, default=str)
+            if key not in _backends:
+                _backends[key] = open_backend(name, options=study.backend_options)
+            backend = _backends[key]
             m = backend.profile_model(ck.model, common, parse_input_shape(study.measure_input))
             out["measured_ms"][name] = m.median
     return out
