@@ -15,7 +15,9 @@ from dqsearch.backends.testing import BackendConformance
 
 # Fast settings for timed backends; analytical ones ignore what they do not take.
 OPTIONS = {"ort-cpu": {"threads": 1, "repeats": 5, "warmup": 2, "min_seconds": 0.05, "context_repeats": 2,
-                       "context_random": 2}}
+                       "context_random": 2},
+           "tvm-cpu": {"threads": 1, "repeats": 5, "budget_seconds": 0.3, "min_repeat_ms": 5},
+           "torch-cpu": {"threads": 1, "repeats": 5}}
 ONLY = {n for n in os.environ.get("DQSEARCH_TEST_BACKENDS", "").split(",") if n}
 LOADABLE = [i.name for i in inspect_backends() if i.ok and (not ONLY or i.name in ONLY)]
 

@@ -65,6 +65,9 @@ class TvmBackend(Backend):
         if clock is None:  # see timing.py: on a shared machine wall time mostly measures the others
             clock = "thread" if not self.device.remote and self.threads == 1 else "wall"
         self.target = parse_target(target) if target else host_target(self.threads)
+        # meta-schedule refuses a target without it ("physical core number must be defined"):
+        # tvm-arm's default target and user targets would tune nowhere
+        self.target.setdefault("num-cores", self.threads)
         self.timing = TimingOptions(repeats=int(repeats), min_repeats=int(min_repeats),
                                     min_repeat_ms=float(min_repeat_ms), budget_seconds=float(budget_seconds),
                                     clock=str(clock))
