@@ -35,12 +35,23 @@ def check_threads(threads: int | None) -> None:
         raise ValueError(f"--threads must be at least 1, got {threads}")
 
 
+def default_threads() -> int:
+    """$DQSEARCH_THREADS if set (a machine-wide choice, e.g. 1 on a shared box), else every CPU
+    this process may use."""
+    env = os.environ.get("DQSEARCH_THREADS", "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ValueError(f"DQSEARCH_THREADS must be a positive integer, got {env!r}")
+        return int(env)
+    return available_cpus()
+
+
 def set_torch_threads(threads: int | None) -> int:
-    """torch's intra-op threads: `threads`, or every CPU this process may use. Returns the count."""
+    """torch's intra-op threads: `threads`, or `default_threads()`. Returns the count."""
     import torch
 
     check_threads(threads)
-    n = int(threads) if threads else available_cpus()
+    n = int(threads) if threads else default_threads()
     torch.set_num_threads(n)
     return n
 

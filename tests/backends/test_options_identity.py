@@ -49,6 +49,24 @@ def test_thread_defaults_follow_the_cpus_this_process_may_use():
     assert torch.get_num_threads() == before
 
 
+def test_torch_threads_default_and_override(monkeypatch):
+    import torch
+
+    from dqsearch.threads import set_torch_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("DQSEARCH_THREADS", raising=False)
+        assert set_torch_threads(None) == available_cpus() == torch.get_num_threads()
+        monkeypatch.setenv("DQSEARCH_THREADS", "1")
+        assert set_torch_threads(None) == 1 and set_torch_threads(2) == 2 == torch.get_num_threads()
+        monkeypatch.setenv("DQSEARCH_THREADS", "many")
+        with pytest.raises(ValueError, match="DQSEARCH_THREADS"):
+            set_torch_threads(None)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_cli_sets_a_passive_omp_wait_policy_before_torch():
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     code = "import dqsearch.cli, os; print(os.environ['OMP_WAIT_POLICY'])"
