@@ -93,8 +93,9 @@ def profile_table(
         table = LatencyTable(metadata=meta, path=output)
     missing = sorted(backend.required_bits() - set(int(b) for b in table.metadata["bits"]))
     if missing:  # before anything is measured
-        raise LatencyTableError(f"{backend.name} needs {missing} in --bits (the fixed part is the FP32 "
-                                "model minus its FP32 layers): add 32")
+        raise LatencyTableError(f"{backend.name} builds its table from FP32 runs (the fixed part, or the "
+                                f"anchors of in-context times): include {','.join(map(str, missing))} "
+                                "in --bits")
     context_capable = backend.measures_context
     _switch_method(table, context_capable)
     table.metadata["method"] = "in-context" if context_capable else "isolated"

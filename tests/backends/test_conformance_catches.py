@@ -71,7 +71,7 @@ def test_required_fp32_is_refused_before_measuring(model, tmp_path) -> None:
     from dqsearch.backends.testing import CountingBackend
 
     counting = CountingBackend(Toy())
-    with pytest.raises(ValueError, match="add 32"):
+    with pytest.raises(ValueError, match="include 32"):
         profile_table(counting, model, TINY_INPUT, [8], tmp_path / "t.json", progress=False)
     assert not counting.layer_calls and not (tmp_path / "t.json").exists()
 

@@ -130,7 +130,7 @@ def test_profile_refuses_bits_without_fp32_before_measuring(tmp_path, capsys):
     out = tmp_path / "t.json"
     code = main(["profile", "--backend", "torch-cpu", "--N", "8", "--M", "8", "--input", "64x64",
                  "--bits", "8", "-o", str(out), "--no-progress"])
-    assert code == 2 and "add 32" in capsys.readouterr().err and not out.exists()
+    assert code == 2 and "include 32" in capsys.readouterr().err and not out.exists()
 
 
 def test_input_sizes_must_be_multiples_of_64(capsys):
