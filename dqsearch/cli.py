@@ -10,13 +10,12 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-# Before torch loads OpenMP: idle OpenMP workers sleep instead of spinning on cores that other jobs
-# need (QAT steps took 6-36 s instead of ~0.5 s on a busy machine without it). A user's own value wins.
+# Before torch loads OpenMP (commands import it lazily, after this): idle OpenMP workers sleep
+# instead of spinning on cores other jobs need (QAT steps took 6-36 s instead of ~0.5 s on a busy
+# machine without it). A user's own value wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import torch  # noqa: E402
-
-from . import __version__
+from . import __version__  # noqa: E402
 
 
 class UsageError(ValueError):
@@ -37,10 +36,14 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    from .models import ARCHITECTURES
+#: dqsearch.models.ARCHITECTURES' names, spelled out so that building the parser does not import
+#: CompressAI (2.5 s, most of `dqsearch backends`); a test keeps the two equal
+MODEL_NAMES = ("bmshj2018-factorized", "bmshj2018-hyperprior", "cheng2020-anchor", "cheng2020-attn",
+               "elic2022-official", "mbt2018", "mbt2018-mean")
 
-    p.add_argument("--model", default="bmshj2018-hyperprior", choices=sorted(ARCHITECTURES),
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="bmshj2018-hyperprior", choices=MODEL_NAMES,
                    help="CompressAI architecture for a model built from scratch")
     p.add_argument("--N", type=int, help="channel count N (architecture default otherwise)")
     p.add_argument("--M", type=int, help="latent channel count M (where the architecture has it)")
@@ -135,6 +138,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if output.exists() and not args.force:
             raise UsageError(f"{output} exists: pass --resume to continue it or --force to overwrite")
         config = TrainConfig(**overrides)
+        import torch
+
         torch.manual_seed(config.seed)  # model initialisation is part of the reproducible run
         meta = {"command": "dqsearch " + shlex.join(args.argv) if args.record_command else None}
         if args.pretrained:
@@ -418,6 +423,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors printed as one line. Imported lazily: dqsearch.models pulls in CompressAI (2.5 s),
+    which commands like `dqsearch backends` never need."""
+    from .data import ImageError
+    from .models import CheckpointError
+
+    return (UsageError, CheckpointError, ImageError, FileNotFoundError, RuntimeError, ValueError, KeyError,
+            FloatingPointError)
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"dqsearch: warning: {message}", file=sys.stderr)
 
@@ -431,13 +446,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = [f"study-{argv[1]}", *argv[2:]]  # `dqsearch study show NAME`
     args = parser.parse_args(argv)
     args.argv = argv
-    from .data import ImageError
-    from .models import CheckpointError
-
     try:
         return args.func(args)
-    except (UsageError, CheckpointError, ImageError, FileNotFoundError, RuntimeError,
-            ValueError, KeyError, FloatingPointError) as e:
+    except _user_errors() as e:  # evaluated only when something is raised
         if os.environ.get("DQSEARCH_DEBUG"):
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e

@@ -188,12 +188,12 @@ def cmd_latency_validate(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `profile`, `backends` and `latency validate` to dqsearch's sub-command parser."""
-    from .models import ARCHITECTURES
+    from .cli import MODEL_NAMES
 
     p = sub.add_parser("profile", help="measure a latency table: every layer at every bit-width")
     _add_backend_args(p)
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--model", choices=sorted(ARCHITECTURES),
+    src.add_argument("--model", choices=MODEL_NAMES,
                      help="architecture built from scratch (latency does not depend on weights); default: "
                           "the bundled family's, bmshj2018-hyperprior N=64 M=96, which `dqsearch study` "
                           "uses (a --model without --N/--M gets CompressAI's default widths)")

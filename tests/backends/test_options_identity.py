@@ -148,3 +148,10 @@ def test_compare_passes_options_to_measuring_backends(tmp_path):
     path = tmp_path / "s.toml"
     path.write_text(text.replace("[latency]", "[latency]\noptions = {threads = 2, repeats = 3}"))
     assert Study.load(path).backend_options == {"threads": 2, "repeats": 3}
+
+
+def test_cli_model_names_are_the_architectures():
+    from dqsearch.cli import MODEL_NAMES
+    from dqsearch.models import ARCHITECTURES
+
+    assert MODEL_NAMES == tuple(sorted(ARCHITECTURES))
