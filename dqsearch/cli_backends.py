@@ -74,9 +74,6 @@ def add_backend_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="a standalone TVM RPC server instead of a tracker (tvm-arm)")
 
 
-_add_backend_args = add_backend_args
-
-
 def _load_model(args: argparse.Namespace):
     """A model from --checkpoint or built from --model/--N/--M, and what to record about it."""
     from .models import build_model, load_checkpoint, resolve_checkpoint
@@ -191,7 +188,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from .cli import MODEL_NAMES
 
     p = sub.add_parser("profile", help="measure a latency table: every layer at every bit-width")
-    _add_backend_args(p)
+    add_backend_args(p)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", choices=MODEL_NAMES,
                      help="architecture built from scratch (latency does not depend on weights); default: "
@@ -218,7 +215,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     lsub = p.add_subparsers(dest="latency_command", required=True)
     v = lsub.add_parser("validate", help="measure random bit profiles end to end and compare with the table")
     v.add_argument("table", help="latency table (JSON) from `dqsearch profile`")
-    _add_backend_args(v, required=False)
+    add_backend_args(v, required=False)
     v.add_argument("--samples", type=int, default=100, help="random bit profiles to measure (default 100)")
     v.add_argument("--tolerance", type=float, default=0.10, help="relative error counted as a hit (0.10)")
     v.add_argument("--seed", type=int, default=0)
