@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 #: metadata fields that identify the measuring device; timing options (repeats…) are not in it
-IDENTITY_KEYS = ("device", "cpu", "board", "target", "provider", "threads", "versions", "tuned",
+IDENTITY_KEYS = ("device", "cpu", "cpu_id", "board", "target", "provider", "threads", "versions", "tuned",
                  "tune_trials", "spec_sha256")
 
 

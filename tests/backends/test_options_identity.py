@@ -155,3 +155,21 @@ def test_cli_model_names_are_the_architectures():
     from dqsearch.models import ARCHITECTURES
 
     assert MODEL_NAMES == tuple(sorted(ARCHITECTURES))
+
+
+def test_committed_ort_table_is_not_trusted_without_a_cpu_signature(monkeypatch, tmp_path):
+    """The hypervisor calls Zen 4 and Zen 5 both "AMD EPYC": the committed table (no cpu_id) is
+    named and passed over, never silently used on another CPU generation."""
+    pytest.importorskip("dqsearch_ort")
+    from dqsearch.backends import cpu_signature
+    from dqsearch.backends.options import open_backend
+    from dqsearch.backends.tables import find_table
+    from dqsearch.models import build_model
+
+    monkeypatch.setenv("DQSEARCH_CACHE", str(tmp_path))
+    assert "family" in cpu_signature()
+    model = build_model("bmshj2018-hyperprior", N=64, M=96)
+    found = find_table(open_backend("ort-cpu"), model, (1, 3, 768, 512))
+    assert found.path is None
+    assert any(p.name == "bmshj2018-hyperprior-M96-N64-768x512.json" and "cpu_id: table None" in why
+               for p, why in found.other_device)

@@ -19,6 +19,7 @@ from dqsearch.backends import (
     ModelTrace,
     container_of,
     cpu_model,
+    cpu_signature,
     parse_input_shape,
 )
 
@@ -101,6 +102,7 @@ class TvmBackend(Backend):
         return {
             "device": f"{self.name} on {self._device_name()}",
             "board": self._board(),
+            "cpu_id": None if self.device.remote else cpu_signature(),
             "target": self.target, "threads": self.threads,
             "tuned": tuned, "tune_trials": self.tuner.options.trials,
             "tuning_database": str(self.tuner.dir) if tuned else None,

@@ -25,6 +25,7 @@ from dqsearch.backends import (
     ModelTrace,
     container_of,
     cpu_model,
+    cpu_signature,
     float_model,
     parse_input_shape,
     trace_model,
@@ -84,7 +85,8 @@ class TorchCpuBackend(Backend):
         return {**{b: "int8" for b in range(2, 9)}, 32: "fp32"}
 
     def metadata(self) -> dict[str, Any]:
-        return {"device": f"torch-cpu on {cpu_model()}", "cpu": cpu_model(), "threads": self.threads,
+        return {"device": f"torch-cpu on {cpu_model()}", "cpu": cpu_model(), "cpu_id": cpu_signature(),
+                "threads": self.threads,
                 "versions": {"torch": torch.__version__}, "tuned": False, "engine": self.engine,
                 "timing": {"repeats": self.repeats, "warmup": self.warmup}}
 
