@@ -173,3 +173,27 @@ def test_committed_ort_table_is_not_trusted_without_a_cpu_signature(monkeypatch,
     assert found.path is None
     assert any(p.name == "bmshj2018-hyperprior-M96-N64-768x512.json" and "cpu_id: table None" in why
                for p, why in found.other_device)
+
+
+def test_workers_build_the_backend_with_the_study_options(tmp_path, monkeypatch, capsys):
+    """The study stores --threads/--option; a worker uses them, and its own --option overrides."""
+    from dqsearch import study
+    from dqsearch.cli import main
+    from dqsearch.data import sample_images_dir
+
+    config = study.StudyConfig(family=["embedded:3"], latency_table="t.json", target_ms=10,
+                               train_data=str(sample_images_dir()), trial_dir=str(tmp_path),
+                               backend="sim-npu", measure=True,
+                               backend_options={"threads": 2, "repeats": 3})
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study.create_study("w", url, config)
+    seen = {}
+
+    def fake_run_trials(s, cfg, n, progress=False):
+        seen.update(cfg.backend_options)
+        return 0
+
+    monkeypatch.setattr(study, "run_trials", fake_run_trials)
+    assert main(["worker", "--study-name", "w", "--storage", url, "--trials", "1", "--option", "repeats=5",
+                 "--no-progress"]) == 0
+    assert seen == {"threads": 2, "repeats": 5}
