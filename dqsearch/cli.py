@@ -10,13 +10,20 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
+# Before torch loads OpenMP (commands import it lazily, after this): idle OpenMP workers sleep
+# instead of spinning on cores other jobs need (QAT steps took 6-36 s instead of ~0.5 s on a busy
+# machine without it). A user's own value wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from . import __version__
+from . import __version__  # noqa: E402
 
 
 class UsageError(ValueError):
     """Bad command-line input; printed as one line, no traceback."""
+
+
+THREADS_HELP = ("CPU threads (default: every CPU this process may use; give 1 when other jobs share "
+                "the machine); also the backend's threads where one is measured (default 1 there)")
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -29,10 +36,14 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    from .models import ARCHITECTURES
+#: dqsearch.models.ARCHITECTURES' names, spelled out so that building the parser does not import
+#: CompressAI (2.5 s, most of `dqsearch backends`); a test keeps the two equal
+MODEL_NAMES = ("bmshj2018-factorized", "bmshj2018-hyperprior", "cheng2020-anchor", "cheng2020-attn",
+               "elic2022-official", "mbt2018", "mbt2018-mean")
 
-    p.add_argument("--model", default="bmshj2018-hyperprior", choices=sorted(ARCHITECTURES),
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="bmshj2018-hyperprior", choices=MODEL_NAMES,
                    help="CompressAI architecture for a model built from scratch")
     p.add_argument("--N", type=int, help="channel count N (architecture default otherwise)")
     p.add_argument("--M", type=int, help="latent channel count M (where the architecture has it)")
@@ -72,10 +83,12 @@ def policy_from_args(args: argparse.Namespace):
 
 
 def _set_threads(n: int | None) -> None:
-    if n is not None:
-        if n < 1:
-            raise UsageError(f"--threads must be at least 1, got {n}")
-        torch.set_num_threads(n)
+    """torch's threads: --threads, else every CPU this process may use (dqsearch.threads)."""
+    from .threads import set_torch_threads
+
+    if n is not None and n < 1:
+        raise UsageError(f"--threads must be at least 1, got {n}")
+    set_torch_threads(n)
 
 
 # --- commands -----------------------------------------------------------------------------------
@@ -125,6 +138,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if output.exists() and not args.force:
             raise UsageError(f"{output} exists: pass --resume to continue it or --force to overwrite")
         config = TrainConfig(**overrides)
+        import torch
+
         torch.manual_seed(config.seed)  # model initialisation is part of the reproducible run
         meta = {"command": "dqsearch " + shlex.join(args.argv) if args.record_command else None}
         if args.pretrained:
@@ -241,6 +256,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     _set_threads(args.threads)
     study = Study.load(args.study)
+    from .cli_backends import _backend_options
+
+    study.backend_options = {**_backend_options(args), **study.backend_options}  # the file's own win
     if args.limit:
         study.limit = args.limit
     if args.report_only:
@@ -265,11 +283,12 @@ def cmd_fmpq(args: argparse.Namespace) -> int:
     ck = load_checkpoint(resolve_checkpoint(args.checkpoint))
     table = args.latency_table
     if args.target_latency and not table and args.backend:
+        from .cli_backends import _backend_options, input_size
         from .cli_study import find_or_profile_table
 
         info = {"architecture": ck.architecture, "arch_args": ck.arch_args}
-        table = str(find_or_profile_table(args.backend, ck.model, info, args.input,
-                                          Path(args.output).parent, not args.no_progress))
+        table = str(find_or_profile_table(args.backend, ck.model, info, input_size(args.input),
+                                          _backend_options(args), not args.no_progress))
     latency = parse_latency(args.target_latency) if args.target_latency else None
     target = FMPQTarget(args.target_size, latency, table)
     sampler = CropSampler(list_images(args.data or default_train_dir()), args.crop)
@@ -318,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu or cuda")
-    p.add_argument("--threads", type=int, help="CPU threads (1 when other jobs share the machine)")
+    p.add_argument("--threads", type=int, help=THREADS_HELP)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the fake quantizer: ~3x faster QAT after a 20-45 s compile")
     p.add_argument("--no-progress", action="store_true")
@@ -331,14 +350,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--checkpoint", help="checkpoint path or embedded:Q (default: embedded model)")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=int, help=THREADS_HELP)
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("decompress", help="decode a dqsearch bitstream to PNG")
     p.add_argument("file")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--checkpoint", help="the checkpoint that encoded the file (bundled ones are found)")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=int, help=THREADS_HELP)
     p.set_defaults(func=cmd_decompress)
 
     p = sub.add_parser("eval", help="RD points from real bitstreams; results JSON (CompressAI format)")
@@ -349,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="results JSON to write")
     p.add_argument("--name", help="curve name in the JSON")
     p.add_argument("--description")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=int, help=THREADS_HELP)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
 
@@ -367,7 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true",
                    help="rewrite the table and figures from the saved results; run nothing")
     p.add_argument("--limit", type=int, help="evaluate on the first N images only")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=int, help=THREADS_HELP)
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="option of the backends in [latency] measure (the file's [latency] options win)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_compare)
 
@@ -378,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--target-size", type=float, help="packed conv weights / FP32, e.g. 0.25")
     t.add_argument("--target-latency", help="latency budget, e.g. 20ms (needs a table)")
     p.add_argument("--backend", help="backend whose table gives the latency")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="backend option (as for `dqsearch profile`), for finding or profiling its table")
     p.add_argument("--latency-table")
     p.add_argument("--input", default="768x512", help="input size (HxW) for a table profiled now")
     p.add_argument("--data", help="training/calibration images (default ../shared/data/train)")
@@ -389,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-batches", type=int, default=4, help="batches for ζ")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=int, help=THREADS_HELP)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_fmpq)
 
@@ -399,6 +422,16 @@ def build_parser() -> argparse.ArgumentParser:
     cli_study.register(sub)
     cli_deploy.register(sub)
     return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors printed as one line. Imported lazily: dqsearch.models pulls in CompressAI (2.5 s),
+    which commands like `dqsearch backends` never need."""
+    from .data import ImageError
+    from .models import CheckpointError
+
+    return (UsageError, CheckpointError, ImageError, FileNotFoundError, RuntimeError, ValueError, KeyError,
+            FloatingPointError)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -414,13 +447,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = [f"study-{argv[1]}", *argv[2:]]  # `dqsearch study show NAME`
     args = parser.parse_args(argv)
     args.argv = argv
-    from .data import ImageError
-    from .models import CheckpointError
-
     try:
         return args.func(args)
-    except (UsageError, CheckpointError, ImageError, FileNotFoundError, RuntimeError,
-            ValueError, KeyError, FloatingPointError) as e:
+    except _user_errors() as e:  # evaluated only when something is raised
         if os.environ.get("DQSEARCH_DEBUG"):
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e

@@ -14,42 +14,57 @@ from typing import Any
 from .cli import UsageError, _int_list
 
 DEFAULT_BITS = (4, 6, 8, 10, 16, 32)
+#: the bundled family's architecture (embedded:1..4), what `dqsearch study` searches by default
+EMBEDDED_ARCH = ("bmshj2018-hyperprior", {"N": 64, "M": 96})
 
 
 def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
-    opts: dict[str, Any] = {"threads": args.threads, "spec": getattr(args, "spec", None)}
-    for item in args.option or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--option takes KEY=VALUE, got {item!r}")
-        for cast in (int, float):
-            try:
-                value = cast(value)
-                break
-            except ValueError:
-                continue
-        opts[key.replace("-", "_")] = value
-    if args.threads is not None and args.threads < 1:
-        raise UsageError(f"--threads must be at least 1, got {args.threads}")
-    for flag in ("tune_trials", "rpc_tracker", "rpc_key", "rpc"):
-        value = getattr(args, flag, None)
-        if value is None:
-            continue
-        if flag in opts and opts[flag] != value:
-            raise UsageError(f"--{flag.replace('_', '-')} {value} contradicts "
-                             f"--option {flag}={opts[flag]}; give one")
-        opts[flag] = value
+    """--threads, --option and the dedicated flags as one dict of backend options (see
+    `dqsearch.backends.options`): the same for every command that builds a backend."""
+    from .backends.options import backend_options, parse_options
+
     if getattr(args, "tune_trials", None) is not None and args.tune_trials < 0:
         raise UsageError(f"--tune-trials must be 0 or more, got {args.tune_trials}")
-    return opts
+    try:
+        return backend_options(args.threads, parse_options(args.option), spec=getattr(args, "spec", None),
+                               **{f: getattr(args, f, None) for f in ("tune_trials", "rpc_tracker",
+                                                                       "rpc_key", "rpc")})
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
-def _add_backend_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+def open_backend_from_args(args: argparse.Namespace, name: str | None = None):
+    """The backend of `--backend` (or `name`) with the command line's options."""
+    from .backends import load_backend
+
+    return load_backend(name or args.backend, **_backend_options(args))
+
+
+def input_size(text: str) -> tuple[int, int, int, int]:
+    """An --input HxW the codec actually runs: it pads images to a multiple of 64, so a latency
+    for 250x256 would describe a size that never runs."""
+    from .backends import parse_input_shape
+
+    shape = parse_input_shape(text)
+    if shape[2] % 64 or shape[3] % 64:
+        raise UsageError(f"--input {text}: height and width must be divisible by 64 (the codec pads "
+                         f"images to a multiple of 64; a {shape[2]}x{shape[3]} image runs as "
+                         f"{-(-shape[2] // 64) * 64}x{-(-shape[3] // 64) * 64})")
+    return shape
+
+
+def add_backend_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """--backend, --threads, --option and the TVM shortcuts: the same flags on every command that
+    builds a backend."""
     p.add_argument("--backend", required=required, help="backend name (see `dqsearch backends`)")
-    p.add_argument("--threads", type=int, help="threads the backend may use (default 1 for timed backends)")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads for torch (default: every CPU this process may use) and for the "
+                        "backend (default 1, reproducible on shared machines; --option threads=N sets "
+                        "the backend's alone)")
     p.add_argument("--spec", help="device file for `--backend sim` (TOML; or a shipped name)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
-                   help="backend-specific option, e.g. repeats=30 (repeatable)")
+                   help="backend-specific option, e.g. repeats=30 (repeatable); VALUE becomes an int if it "
+                        "parses as one, else a float, else stays a string")
     # Shortcuts for the options of the TVM backends (same as --option tune_trials=N, ...).
     p.add_argument("--tune-trials", type=int, metavar="N",
                    help="tuning trials per kernel workload, for backends that tune (tvm-cpu, tvm-arm)")
@@ -67,6 +82,10 @@ def _load_model(args: argparse.Namespace):
         ck = load_checkpoint(resolve_checkpoint(args.checkpoint))
         return ck.model, {"architecture": ck.architecture, "arch_args": ck.arch_args,
                           "checkpoint": str(args.checkpoint), "model_id": ck.model_id}
+    if args.model is None:  # the study's default family, so its table is the one a study looks for
+        args.model = EMBEDDED_ARCH[0]
+        if args.N is None and args.M is None:
+            args.N, args.M = EMBEDDED_ARCH[1]["N"], EMBEDDED_ARCH[1]["M"]
     arch_args = {k: v for k, v in (("N", args.N), ("M", args.M)) if v is not None}
     return build_model(args.model, **arch_args), {"architecture": args.model, "arch_args": arch_args}
 
@@ -77,11 +96,12 @@ def _model_slug(info: dict[str, Any]) -> str:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from .backends import load_backend, parse_input_shape
     from .backends.profiling import profile_table
+    from .threads import set_torch_threads
 
-    shape = parse_input_shape(args.input)
-    backend = load_backend(args.backend, **_backend_options(args))
+    set_torch_threads(args.threads)
+    shape = input_size(args.input)
+    backend = open_backend_from_args(args)
     model, info = _load_model(args)
     bits = args.bits or tuple(b for b in DEFAULT_BITS if b in backend.capabilities())
     output = Path(args.output) if args.output else (
@@ -129,17 +149,23 @@ def cmd_backends(args: argparse.Namespace) -> int:
 
 
 def cmd_latency_validate(args: argparse.Namespace) -> int:
-    from .backends import load_backend
+    from .backends.identity import describe, differences, identity_of
     from .backends.validate import validate_table
     from .latency import LatencyTable
     from .models import build_model, load_checkpoint, resolve_checkpoint
+    from .threads import set_torch_threads
 
+    set_torch_threads(args.threads)
     table = LatencyTable.load(args.table)
     name = args.backend or table.metadata["backend"]
     if name != table.metadata["backend"] and not args.any_backend:
         raise UsageError(f"{args.table} was measured on {table.metadata['backend']}, not {name}: "
                          "validate on the same backend (or pass --any-backend to compare devices)")
-    backend = load_backend(name, **_backend_options(args))
+    backend = open_backend_from_args(args, name)
+    diffs = differences(identity_of(table.metadata), backend.identity())
+    if diffs and name == table.metadata["backend"]:
+        print(f"note: {args.table} was measured on another device or setting ({describe(diffs)}); "
+              "validating it here measures how well it transfers", file=sys.stderr)
     info = table.metadata.get("model") or {}
     if info.get("checkpoint"):
         model = load_checkpoint(resolve_checkpoint(info["checkpoint"])).model
@@ -159,17 +185,19 @@ def cmd_latency_validate(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `profile`, `backends` and `latency validate` to dqsearch's sub-command parser."""
-    from .models import ARCHITECTURES
+    from .cli import MODEL_NAMES
 
     p = sub.add_parser("profile", help="measure a latency table: every layer at every bit-width")
-    _add_backend_args(p)
+    add_backend_args(p)
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--model", default="bmshj2018-hyperprior", choices=sorted(ARCHITECTURES),
-                     help="architecture built from scratch (latency does not depend on weights)")
+    src.add_argument("--model", choices=MODEL_NAMES,
+                     help="architecture built from scratch (latency does not depend on weights); default: "
+                          "the bundled family's, bmshj2018-hyperprior N=64 M=96, which `dqsearch study` "
+                          "uses (a --model without --N/--M gets CompressAI's default widths)")
     src.add_argument("--checkpoint", help="a checkpoint path or embedded:Q instead of --model")
     p.add_argument("--N", type=int, help="channel count N")
     p.add_argument("--M", type=int, help="latent channel count M")
-    p.add_argument("--input", default="768x512", help="input size HxW (default 768x512)")
+    p.add_argument("--input", default="768x512", help="input size HxW, multiples of 64 (default 768x512)")
     p.add_argument("--bits", type=_int_list, help="bit-widths to measure, 32 = FP32 "
                    f"(default: {','.join(map(str, DEFAULT_BITS))} where supported)")
     p.add_argument("-o", "--output",
@@ -187,7 +215,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     lsub = p.add_subparsers(dest="latency_command", required=True)
     v = lsub.add_parser("validate", help="measure random bit profiles end to end and compare with the table")
     v.add_argument("table", help="latency table (JSON) from `dqsearch profile`")
-    _add_backend_args(v, required=False)
+    add_backend_args(v, required=False)
     v.add_argument("--samples", type=int, default=100, help="random bit profiles to measure (default 100)")
     v.add_argument("--tolerance", type=float, default=0.10, help="relative error counted as a hit (0.10)")
     v.add_argument("--seed", type=int, default=0)

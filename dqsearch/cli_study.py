@@ -49,48 +49,53 @@ def _storage(args: argparse.Namespace) -> str:
     return args.storage or default_storage(_output(args), args.study_name)
 
 
-def find_or_profile_table(backend_name: str, model, info: dict, input_size: str, output: Path,
-                          progress: bool) -> Path:
-    """A committed table for this backend/model/size under latency_models/, else profile one now."""
-    from .backends import load_backend, parse_input_shape
-    from .backends.profiling import profile_table
-    from .latency import LatencyTable
-    from .latency_term import check_table_matches
+def find_or_profile_table(backend_name: str, model, info: dict, shape: tuple[int, ...],
+                          options: dict | None, progress: bool) -> Path:
+    """A table measured on the device this backend instance would measure (same identity: CPU or
+    board, threads, runtime versions, tuning), from the user cache, a plugin or latency_models/;
+    else profile one into the user cache. Tables of another device are named, with the field that
+    differs, before profiling."""
+    import sys
 
-    shape = parse_input_shape(input_size)
-    root = Path(__file__).resolve().parents[1] / "latency_models" / backend_name
-    for path in sorted(root.glob("*.json")) if root.is_dir() else []:
-        table = LatencyTable.load(path)
-        if tuple(table.metadata.get("input_shape", ())) != tuple(shape) or not table.complete:
-            continue
-        try:
-            check_table_matches(table, model)
-        except ValueError:
-            continue
-        return path
-    path = output / f"latency-{backend_name}.json"
-    print(f"no committed {backend_name} table for this model at {input_size}: profiling into {path}")
-    backend = load_backend(backend_name)
+    from .backends.options import open_backend
+    from .backends.profiling import profile_table
+    from .backends.tables import cache_path, find_table
+
+    backend = open_backend(backend_name, options=options)
+    found = find_table(backend, model, shape)
+    if found.path is not None:
+        print(f"using {found.path} ({found.where}): measured on this device and setting")
+        return found.path
+    for line in found.report():
+        print(f"dqsearch: warning: {line}", file=sys.stderr)
+    slug = info["architecture"] + "".join(f"-{k}{v}" for k, v in sorted(info.get("arch_args", {}).items()))
+    path = cache_path(backend, slug, shape)
+    hint = " (pass --latency-table PATH to use another table anyway)" if found.other_device else ""
+    print(f"no {backend_name} table for this model at {shape[2]}x{shape[3]} on this device: profiling into "
+          f"{path}{hint}")
     bits = sorted(backend.capabilities())
-    profile_table(backend, model, shape, bits, path, resume=path.exists(), model_info=info,
-                  progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    profile_table(backend, model, shape, bits, path, resume=path.exists(), model_info=info, progress=progress)
     return path
 
 
 def cmd_study(args: argparse.Namespace) -> int:
     from .backends.host import cpu_model
+    from .cli import _set_threads
+    from .cli_backends import _backend_options, input_size
     from .feasibility import assess
     from .latency import LatencyTable
     from .latency_term import parse_latency
     from .models import EMBEDDED_QUALITIES, load_checkpoint, resolve_checkpoint
-    from .study import StudyConfig, create_study, run_trials, timed_backend, torch_threads
+    from .study import StudyConfig, create_study, run_trials, timed_backend
 
-    torch_threads(args.threads)
+    _set_threads(args.threads)
     target = parse_latency(args.target_latency)
     if not args.backend and not args.latency_table:
         args.backend = _local_cpu_backend()
         print(f"no --backend given: measuring on this machine's CPU with {args.backend} ({cpu_model()}); "
               "name another with --backend")
+    options = _backend_options(args) if args.backend else {}
     specs = args.checkpoint or [f"embedded:{q}" for q in EMBEDDED_QUALITIES]
     family = [s if s.startswith("embedded:") else str(Path(s).resolve()) for s in specs]
     args.study_name = args.study_name or f"dq-{args.backend or 'table'}-{target:g}ms"
@@ -100,7 +105,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     elif args.backend:
         ck = load_checkpoint(resolve_checkpoint(family[0]))
         info = {"architecture": ck.architecture, "arch_args": ck.arch_args}
-        table = str(find_or_profile_table(args.backend, ck.model, info, args.input, out,
+        table = str(find_or_profile_table(args.backend, ck.model, info, input_size(args.input), options,
                                           not args.no_progress).resolve())
     loaded = LatencyTable.load(table)
     shape = loaded.metadata.get("input_shape")
@@ -119,7 +124,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         latency_form=args.latency_form, selector=args.selector, objective=args.objective,
         lmbda=args.lmbda, measure=measure, sampler=args.sampler, startup_trials=args.startup_trials,
         compile=bool(args.compile), seed=args.seed,
-        heartbeat_s=args.heartbeat, grace_s=args.grace)
+        heartbeat_s=args.heartbeat, grace_s=args.grace, backend_options=options)
     storage = _storage(args)
     study = create_study(args.study_name, storage, config)
     ran = run_trials(study, config, args.trials, progress=not args.no_progress)
@@ -171,10 +176,16 @@ def cmd_study_export(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .study import load_study, run_trials, torch_threads
+    from .backends.options import parse_options
+    from .cli import UsageError, _set_threads
+    from .study import load_study, run_trials
 
-    torch_threads(args.threads)
+    _set_threads(args.threads)
     study, config = load_study(args.study_name, args.storage)
+    try:
+        config.backend_options = {**config.backend_options, **parse_options(args.option)}
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if args.trial_dir:
         config.trial_dir = str(Path(args.trial_dir).resolve())
     ran = run_trials(study, config, args.trials, progress=not args.no_progress)
@@ -222,7 +233,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--heartbeat", type=int, default=60, help="seconds between worker heartbeats")
     p.add_argument("--grace", type=int, default=180, help="seconds before a silent trial is retried")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=int, help="CPU threads for training and evaluation (default: every "
+                   "CPU this process may use) and for the backend (default 1)")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="backend option, as for `dqsearch profile` (stored in the study for its workers)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_study)
 
@@ -242,6 +256,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--storage", required=True)
     w.add_argument("--trials", type=int, required=True, help="stop when the study has this many")
     w.add_argument("--trial-dir", help="where this worker writes trial checkpoints")
-    w.add_argument("--threads", type=int)
+    w.add_argument("--threads", type=int, help="CPU threads for this worker's training and evaluation "
+                   "(the backend measures with the study's stored options)")
+    w.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="override one of the study's backend options for this worker")
     w.add_argument("--no-progress", action="store_true")
     w.set_defaults(func=cmd_worker)

@@ -71,6 +71,7 @@ class Study:
     latency_tables: list[Path] = field(default_factory=list)
     measure: list[str] = field(default_factory=list)
     measure_input: str = "768x512"
+    backend_options: dict[str, Any] = field(default_factory=dict)  # [latency] options, --threads
 
     @classmethod
     def load(cls, path: str | Path) -> Study:
@@ -90,7 +91,7 @@ class Study:
             return (root / p).resolve() if not Path(p).is_absolute() else Path(p)
 
         lat = raw.get("latency", {})
-        bad_lat = set(lat) - {"tables", "measure", "input"}
+        bad_lat = set(lat) - {"tables", "measure", "input", "options"}
         if bad_lat:
             raise StudyError(f"{path}: unknown [latency] fields {sorted(bad_lat)}")
         for key in ("name", "family", "methods"):
@@ -153,6 +154,7 @@ class Study:
             bd_method=raw.get("bd_method", "pchip"),
             latency_tables=[where(t, root) for t in lat.get("tables", [])],
             measure=list(lat.get("measure", [])), measure_input=lat.get("input", "768x512"),
+            backend_options=dict(lat.get("options", {})),
         )
 
 
@@ -260,7 +262,7 @@ def _run_front_study(study: Study, method: Method, progress: bool) -> None:
                 for s in study.family],
         latency_table=str(tables[0]), target_ms=parse_latency(o["target_latency"]),
         train_data=str(study.train_data), trial_dir=str(study.cache / "trials" / o["study"]),
-        backend=backend, backend_options=dict(o.get("backend_options", {})),
+        backend=backend, backend_options={**study.backend_options, **o.get("backend_options", {})},
         steps=int(o.get("steps", train.get("steps", 300))),
         batch_size=int(train.get("batch_size", 8)), crop=int(train.get("crop", 128)),
         lr=float(train.get("lr", 1e-5)), val_limit=int(o.get("val_limit", 5)),
@@ -268,7 +270,8 @@ def _run_front_study(study: Study, method: Method, progress: bool) -> None:
         gamma=tuple(o.get("gamma_range", (1e-3, 0.5))), eta=tuple(o.get("eta_range", (0.01, 10.0))),
         selector=o.get("selector", "global"), latency_form=o.get("latency_form", "hinge"),
         sampler=o.get("sampler", "tpe"), startup_trials=int(o.get("startup_trials", 8)),
-        measure=bool(o["measure"]) if "measure" in o else timed_backend(backend), seed=int(o.get("seed", 0)),
+        measure=bool(o["measure"]) if "measure" in o else timed_backend(backend),
+        seed=int(o.get("seed", 0)),
         compile=bool(train.get("compile", False)))
     run_trials(create_study(o["study"], o["storage"], config), config, int(o.get("trials", 8)), progress)
 
@@ -291,12 +294,16 @@ def latency_of_point(study: Study, ck, point: dict[str, Any]) -> dict[str, Any]:
         name = table.metadata.get("backend", path.stem)
         out["predicted_ms"][name] = sum(table.predict(p) for p in profiles) / len(profiles)
     if study.measure:
-        from .backends import load_backend, parse_input_shape
+        from .backends import parse_input_shape
+        from .backends.options import open_backend
 
         # every distinct profile the images picked, weighted by how many picked it
         counts = Counter(tuple(sorted(p.items())) for p in profiles)
         for name in study.measure:
-            backend = _backends.setdefault(name, load_backend(name))
+            key = json.dumps([name, study.backend_options], sort_keys=True, default=str)
+            if key not in _backends:
+                _backends[key] = open_backend(name, options=study.backend_options)
+            backend = _backends[key]
             shape = parse_input_shape(study.measure_input)
             out["measured_ms"][name] = sum(
                 n * backend.profile_model(ck.model, dict(p), shape).median for p, n in counts.items()

@@ -72,7 +72,6 @@ class StudyConfig:
     train_data: str
     trial_dir: str
     backend: str | None = None
-    backend_options: dict[str, Any] = field(default_factory=dict)  # e.g. tvm-cpu tune_trials
     steps: int = 300
     batch_size: int = 8
     crop: int = 128
@@ -94,6 +93,7 @@ class StudyConfig:
     heartbeat_s: int = 60
     grace_s: int = 180
     max_retry: int = 2
+    backend_options: dict[str, Any] = field(default_factory=dict)  # what --threads/--option gave
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -206,9 +206,9 @@ class Objective:
                              key=lambda cp: cp[0].meta.get("lmbda") or 0)
         self.backend = None
         if config.measure:
-            from .backends.registry import load_backend
+            from .backends.options import open_backend
 
-            self.backend = load_backend(config.backend, **config.backend_options)
+            self.backend = open_backend(config.backend, options=config.backend_options)
 
     def lambda_range(self) -> tuple[float, float]:
         lams = [ck.meta.get("lmbda") for ck, _ in self.family]

@@ -11,6 +11,12 @@ import torch
 from dqsearch.data import list_images, load_image, sample_images_dir
 
 torch.set_num_threads(int(os.environ.get("DQSEARCH_TEST_THREADS", "1")))
+os.environ.setdefault("DQSEARCH_THREADS", os.environ.get("DQSEARCH_TEST_THREADS", "1"))  # CLI calls
+# Latency tables that tests profile go to a throw-away user cache, never to ~/.cache/dqsearch.
+if "DQSEARCH_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["DQSEARCH_CACHE"] = tempfile.mkdtemp(prefix="dqsearch-test-cache-")
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 

@@ -133,12 +133,27 @@ def test_an_unreachable_target_is_refused_before_training(family, table_path, tm
     assert not (tmp_path / "o" / "trials").exists(), "nothing trained"
 
 
-def test_no_backend_means_this_machines_cpu(tmp_path, capsys):
+def test_no_backend_means_this_machines_cpu(tmp_path, capsys, monkeypatch):
+    """Without --backend the study measures on this CPU; the table lookup (which would profile a
+    table for this device into the user cache) is replaced by the committed ort-cpu table."""
     pytest.importorskip("dqsearch_ort")
+    from pathlib import Path
+
+    import dqsearch.cli_study as cli_study
+
+    committed = Path(__file__).parents[1] / "latency_models/ort-cpu/bmshj2018-hyperprior-M96-N64-768x512.json"
+    seen = {}
+
+    def lookup(backend_name, *a, **k):
+        seen["backend"] = backend_name
+        return committed
+
+    monkeypatch.setattr(cli_study, "find_or_profile_table", lookup)
     assert main(["study", "--target-latency", "20ms", "-o", str(tmp_path / "o"), "--no-progress"]) == 2
     captured = capsys.readouterr()
     assert "ort-cpu" in captured.out.splitlines()[0]
     assert "cannot be met on ort-cpu" in captured.err and "fastest profile" in captured.err
+    assert seen["backend"] == "ort-cpu"
 
 
 def test_progress_tracks_the_best_feasible_point():

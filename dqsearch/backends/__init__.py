@@ -14,7 +14,7 @@ from .base import (
     parse_input_shape,
     trace_model,
 )
-from .host import cpu_model
+from .host import cpu_model, cpu_signature
 from .registry import (
     GROUP,
     BackendError,
@@ -40,6 +40,7 @@ __all__ = [
     "available_backends",
     "container_of",
     "cpu_model",
+    "cpu_signature",
     "extract_layer_specs",
     "float_model",
     "inspect_backends",

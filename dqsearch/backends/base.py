@@ -381,8 +381,25 @@ class Backend(ABC):
         """End-to-end latency of the model's transforms with each layer at its profile bit-width."""
 
     def metadata(self) -> dict[str, Any]:
-        """Device, versions, threads… recorded in every latency table this backend writes."""
+        """Device, versions, threads… recorded in every latency table this backend writes. Use the
+        keys in `identity.IDENTITY_KEYS` (cpu, board, target, threads, versions, tuned…) for the
+        facts that change latencies: they decide whether a study may reuse a table."""
         return {}
+
+    def identity(self) -> dict[str, Any]:
+        """What must match for a table measured by another instance to predict this one: by default
+        the identity fields of `metadata()`. Override to add a fact metadata does not hold."""
+        from .identity import identity_of
+
+        return identity_of(self.metadata())
+
+    def required_bits(self) -> set[int]:
+        """Bit-widths a table must include. By default 32 when the fixed part is derived as
+        profile_model(FP32) − Σ FP32 layers (no `profile_fixed`, no graph context); checked before
+        anything is measured."""
+        if not self.measures_context and type(self).profile_fixed is Backend.profile_fixed:
+            return {FP32}
+        return set()
 
     def profile_fixed(self, model: nn.Module, trace: ModelTrace) -> Measurement | None:
         """Time of everything that is not a quantized layer (GDN, activations, glue). None: unknown."""

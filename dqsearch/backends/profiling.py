@@ -18,6 +18,7 @@ from torch import nn
 from .. import __version__
 from ..latency import LatencyTable, LatencyTableError, Transition
 from .base import FP32, Backend, Measurement, ModelTrace, trace_model
+from .identity import describe, differences, identity_of
 
 
 def _bits_by_container(backend: Backend, bits: Sequence[int]) -> dict[str, list[int]]:
@@ -29,11 +30,15 @@ def _bits_by_container(backend: Backend, bits: Sequence[int]) -> dict[str, list[
 
 def _check_resumable(table: LatencyTable, meta: Mapping[str, Any], trace: ModelTrace) -> None:
     where = table.path
-    for key in ("backend", "input_shape", "model", "threads", "device"):
+    for key in ("backend", "input_shape", "model"):
         if key in meta and table.metadata.get(key) != meta[key]:
             raise LatencyTableError(
                 f"{where} was measured with {key}={table.metadata.get(key)!r}, this run has "
                 f"{meta[key]!r}: choose another output file or drop --resume")
+    diffs = differences(identity_of(table.metadata), meta["identity"])
+    if diffs:
+        raise LatencyTableError(f"{where} was measured on another device or setting ({describe(diffs)}): "
+                                "choose another output file or drop --resume")
     mismatched = [s.name for s in trace.layers if s.name in table.specs and table.specs[s.name] != s]
     if mismatched or (table.specs and set(table.specs) - set(trace.names)):
         raise LatencyTableError(f"{where} describes other layers ({mismatched or sorted(table.specs)}); "
@@ -62,7 +67,8 @@ def profile_table(
     started = time.perf_counter()
     trace = trace_model(model, input_shape)
     meta: dict[str, Any] = {
-        "backend": backend.name, **backend.metadata(), "input_shape": list(trace.input_shape),
+        "backend": backend.name, **backend.metadata(), "identity": backend.identity(),
+        "input_shape": list(trace.input_shape),
         "model": dict(model_info or {}), "bits": bits,
         "containers": {str(b): backend.container(b) for b in bits},
         "capabilities": {str(b): c for b, c in sorted(backend.capabilities().items())},
@@ -85,6 +91,11 @@ def profile_table(
     else:
         meta["date"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         table = LatencyTable(metadata=meta, path=output)
+    missing = sorted(backend.required_bits() - set(int(b) for b in table.metadata["bits"]))
+    if missing:  # before anything is measured
+        raise LatencyTableError(f"{backend.name} builds its table from FP32 runs (the fixed part, or the "
+                                f"anchors of in-context times): include {','.join(map(str, missing))} "
+                                "in --bits")
     context_capable = backend.measures_context
     _switch_method(table, context_capable)
     table.metadata["method"] = "in-context" if context_capable else "isolated"

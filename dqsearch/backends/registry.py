@@ -72,7 +72,8 @@ def load_backend(name: str, **options: Any) -> Backend:
     try:
         backend = factory(**options)
     except TypeError as e:
-        raise BackendError(f"backend {name!r} does not accept options {sorted(options)}: {e}") from e
+        raise BackendError(f"backend {name!r} does not accept options {_unaccepted(factory, options)}: "
+                           f"{e}") from e
     except BackendError:
         raise
     except OptionRequired:
@@ -83,6 +84,19 @@ def load_backend(name: str, **options: Any) -> Backend:
         raise BackendError(f"backend {name!r}: {eps[name].value} returned {type(backend).__name__}, "
                            "not a dqsearch.backends.Backend")
     return backend
+
+
+def _unaccepted(factory: Any, options: dict[str, Any]) -> list[str]:
+    """The options a factory's signature does not take (all of them when it cannot tell)."""
+    import inspect
+
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return sorted(options)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return sorted(options)
+    return sorted(k for k in options if k not in params) or sorted(options)
 
 
 def inspect_backends() -> list[BackendInfo]:

@@ -11,11 +11,14 @@ import os
 import pytest
 
 from dqsearch.backends import inspect_backends, load_backend
-from dqsearch.backends.testing import BackendConformance
+from dqsearch.backends.testing import BackendConformance, check_additivity
 
 # Fast settings for timed backends; analytical ones ignore what they do not take.
 OPTIONS = {"ort-cpu": {"threads": 1, "repeats": 5, "warmup": 2, "min_seconds": 0.05, "context_repeats": 2,
-                       "context_random": 2}}
+                       "context_random": 2},
+           "tvm-cpu": {"threads": 1, "repeats": 5, "budget_seconds": 0.3, "min_repeat_ms": 5},
+           "torch-cpu": {"threads": 1, "repeats": 5}}
+TOLERANCE = {"ort-cpu": 0.5}  # see backends/onnxruntime/tests/test_ort_conformance.py
 ONLY = {n for n in os.environ.get("DQSEARCH_TEST_BACKENDS", "").split(",") if n}
 LOADABLE = [i.name for i in inspect_backends() if i.ok and (not ONLY or i.name in ONLY)]
 
@@ -25,6 +28,9 @@ class TestInstalledBackends(BackendConformance):
     @classmethod
     def backend(cls, request):
         return load_backend(request.param, **OPTIONS.get(request.param, {}))
+
+    def test_table_adds_up_to_the_model(self, backend, model, tiny_table) -> None:
+        check_additivity(backend, model, tiny_table, TOLERANCE.get(backend.name, self.additivity_tolerance))
 
 
 def test_at_least_one_backend_is_installed():

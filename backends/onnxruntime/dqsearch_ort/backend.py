@@ -20,6 +20,7 @@ from dqsearch.backends import (
     ModelTrace,
     container_of,
     cpu_model,
+    cpu_signature,
     float_model,
     parse_input_shape,
     trace_model,
@@ -92,7 +93,7 @@ class OrtBackend(Backend):
 
     def metadata(self) -> dict[str, Any]:
         return {"device": f"{self.name} on {cpu_model()}", "provider": self.config.providers[0],
-                "cpu": cpu_model(), "threads": self.config.threads, "tuned": False,
+                "cpu": cpu_model(), "cpu_id": cpu_signature(), "threads": self.config.threads, "tuned": False,
                 "versions": {"onnxruntime": ort.__version__, "onnx": onnx.__version__,
                              "opset": export.OPSET},
                 "timing": {"clock": self.timing.clock, "warmup": self.timing.warmup,

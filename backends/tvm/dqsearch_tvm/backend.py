@@ -19,11 +19,12 @@ from dqsearch.backends import (
     ModelTrace,
     container_of,
     cpu_model,
+    cpu_signature,
     parse_input_shape,
 )
 
 from . import build, context, graph
-from .device import Job, LocalDevice, RemoteDevice, tuning_export
+from .device import Job, LocalDevice, RemoteDevice, local_threads, tuning_export
 from .layer import layer_module
 from .target import host_target, parse_target
 from .timing import Timer, TimingOptions
@@ -65,6 +66,9 @@ class TvmBackend(Backend):
         if clock is None:  # see timing.py: on a shared machine wall time mostly measures the others
             clock = "thread" if not self.device.remote and self.threads == 1 else "wall"
         self.target = parse_target(target) if target else host_target(self.threads)
+        # meta-schedule refuses a target without it ("physical core number must be defined"):
+        # tvm-arm's default target and user targets would tune nowhere
+        self.target.setdefault("num-cores", self.threads)
         self.timing = TimingOptions(repeats=int(repeats), min_repeats=int(min_repeats),
                                     min_repeat_ms=float(min_repeat_ms), budget_seconds=float(budget_seconds),
                                     clock=str(clock))
@@ -97,6 +101,8 @@ class TvmBackend(Backend):
         tuned = self.tuner.options.trials > 0
         return {
             "device": f"{self.name} on {self._device_name()}",
+            "board": self._board(),
+            "cpu_id": None if self.device.remote else cpu_signature(),
             "target": self.target, "threads": self.threads,
             "tuned": tuned, "tune_trials": self.tuner.options.trials,
             "tuning_database": str(self.tuner.dir) if tuned else None,
@@ -115,6 +121,11 @@ class TvmBackend(Backend):
             "precision": "fp32 for 32 bits; int8 (uint8 activations x int8 per-channel weights -> int32, "
                          "NCHWc) for <= 8; int16 (int16 x int16 -> int32) for <= 16",
         }
+
+    def required_bits(self) -> set[int]:
+        """32 always: in-context tables anchor every layer on its fp32 time, isolated ones derive
+        the fixed part from the FP32 model."""
+        return {32}
 
     def profile_layer(self, spec: LayerSpec, bits: int) -> Measurement:
         container = self.container(bits)
@@ -241,7 +252,8 @@ class TvmBackend(Backend):
         tuned = self.tuner.options.trials > 0
         prepared = build.prepare(mod, self._tvm_target)
         if tuned:
-            self.tuner.ensure(mod, prepared[1])
+            with local_threads(self.threads):  # tuning workers inherit TVM_NUM_THREADS
+                self.tuner.ensure(mod, prepared[1])
         built = build.compile_module(mod, self._tvm_target, self.tuner.database if tuned else None, prepared)
         if tuned and built.untuned:
             log.warning("%s: no tuning record for %s (every candidate failed?); built untuned",
@@ -254,6 +266,13 @@ class TvmBackend(Backend):
         if key not in self._transforms:
             self._transforms[key] = graph.import_model(model, shape, self.seed)
         return self._transforms[key]
+
+    def _board(self) -> str | None:
+        """Which board a remote table was measured on: its tracker key (the board kind) or the
+        address of a standalone server; None locally (the CPU is in `device`)."""
+        if not isinstance(self.device, RemoteDevice):
+            return None
+        return f"key {self.device.key}" if self.device.tracker else "rpc {}:{}".format(*self.device.direct)
 
     def _device_name(self) -> str:
         if isinstance(self.device, RemoteDevice):

@@ -9,6 +9,7 @@ are kept by the caller (the latency table is saved after every layer).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -16,7 +17,7 @@ import queue
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,10 +40,21 @@ class Job:
     inputs: Sequence[np.ndarray]
 
 
-def set_local_threads(threads: int) -> None:
-    """TVM's CPU thread pool size for this process and the tuning workers it starts."""
+@contextlib.contextmanager
+def local_threads(threads: int) -> Iterator[None]:
+    """TVM's CPU thread pool at `threads` for this process and the tuning workers it starts
+    (they read TVM_NUM_THREADS), and the caller's environment restored afterwards: a backend must
+    not leave process-wide settings changed."""
+    before = os.environ.get("TVM_NUM_THREADS")
     os.environ["TVM_NUM_THREADS"] = str(threads)
     tvm.get_global_func("runtime.config_threadpool")(1, int(threads))
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TVM_NUM_THREADS", None)
+        else:
+            os.environ["TVM_NUM_THREADS"] = before
 
 
 class LocalDevice:
@@ -51,18 +63,20 @@ class LocalDevice:
     remote = False
 
     def __init__(self, threads: int = 1) -> None:
-        set_local_threads(threads)
+        self.threads = int(threads)
         self.dev = tvm.cpu()
 
     def describe(self) -> dict[str, Any]:
         return {"where": "local"}
 
     def measure(self, jobs: Sequence[Job], measure: Callable[[list[Timer]], R], timing: TimingOptions) -> R:
-        timers = []
-        for job in jobs:
-            vm = relax.VirtualMachine(job.executable, self.dev)
-            timers.append(Timer(vm, self.dev, [tvm.runtime.tensor(x, self.dev) for x in job.inputs], timing))
-        return measure(timers)
+        with local_threads(self.threads):
+            timers = []
+            for job in jobs:
+                vm = relax.VirtualMachine(job.executable, self.dev)
+                timers.append(Timer(vm, self.dev, [tvm.runtime.tensor(x, self.dev) for x in job.inputs],
+                                    timing))
+            return measure(timers)
 
 
 def parse_address(value: str, what: str) -> tuple[str, int]:
