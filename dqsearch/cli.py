@@ -165,7 +165,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     _set_threads(args.threads)
     ck = _load(args.checkpoint)
-    enc = compress_file(ck.model, ck.model_id, args.image, args.output)
+    enc = compress_file(ck.model, ck.model_id, args.image, args.output, _memory(args))
     msg = f"{args.output}: {len(enc.data)} bytes, {enc.bpp:.4f} bpp, {enc.width}x{enc.height}"
     if enc.profile:
         msg += f", average {average_bits(ck.model, enc.profile):.2f} bits"
@@ -173,22 +173,32 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def _memory(args: argparse.Namespace) -> int | None:
+    from .codec import parse_bytes
+
+    return parse_bytes(args.memory_limit) if args.memory_limit else None
+
+
 def cmd_decompress(args: argparse.Namespace) -> int:
-    from .codec import decompress_file, unpack
+    from .codec import BitstreamError, check_output, decompress_file, read_stream, unpack
     from .data import save_image
     from .models import find_embedded_by_id, load_checkpoint
 
     _set_threads(args.threads)
+    check_output(args.output, args.file)
     if args.checkpoint:
         ck = _load(args.checkpoint)
     else:
-        header = unpack(Path(args.file).read_bytes() if Path(args.file).is_file() else b"")[0]
+        try:
+            header = unpack(read_stream(args.file))[0]
+        except BitstreamError as e:
+            raise BitstreamError(str(e) if str(args.file) in str(e) else f"{args.file}: {e}") from None
         path = find_embedded_by_id(header.model_id)
         if path is None:
             raise UsageError(f"{args.file} was written by model {header.model_id}, which is not "
                              "bundled: pass the checkpoint that encoded it with --checkpoint PATH")
         ck = load_checkpoint(path)
-    x_hat, header = decompress_file(ck.model, ck.model_id, args.file)
+    x_hat, header = decompress_file(ck.model, ck.model_id, args.file, _memory(args))
     save_image(x_hat, args.output)
     print(f"{args.output}: {header.width}x{header.height}")
     return 0
@@ -330,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--checkpoint", help="checkpoint path or embedded:Q (default: embedded model)")
+    p.add_argument("--memory-limit", help="refuse images needing more memory than this (default 4G, "
+                   "or $DQSEARCH_MEMORY_LIMIT)")
     p.add_argument("--threads", type=int)
     p.set_defaults(func=cmd_compress)
 
@@ -337,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--checkpoint", help="the checkpoint that encoded the file (bundled ones are found)")
+    p.add_argument("--memory-limit", help="refuse streams needing more memory than this (default 4G)")
     p.add_argument("--threads", type=int)
     p.set_defaults(func=cmd_decompress)
 
