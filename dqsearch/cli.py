@@ -417,6 +417,28 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"dqsearch: warning: {message}", file=sys.stderr)
 
 
+MAX_MESSAGE = 600
+
+
+def error_line(e: BaseException, storage: str | None = None) -> str:
+    """One line for an error: no secrets of the storage URL, no megabyte-long messages."""
+    if isinstance(e, MemoryError):
+        return ("ran out of memory; use smaller images or crops, a smaller --batch-size, or a "
+                "machine with more memory")
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        msg = f"{e.filename}: {e.strerror}"
+    else:
+        msg = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
+    if storage:
+        from .storage_url import scrub
+
+        msg = scrub(msg, storage)
+    msg = " ".join(msg.split())
+    if len(msg) > MAX_MESSAGE:
+        msg = msg[:MAX_MESSAGE] + f"… ({len(msg) - MAX_MESSAGE} more characters; DQSEARCH_DEBUG=1 shows all)"
+    return msg
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit deprecation inside CompressAI
@@ -431,12 +453,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (UsageError, CheckpointError, ImageError, FileNotFoundError, RuntimeError,
-            ValueError, KeyError, FloatingPointError) as e:
+    except (UsageError, CheckpointError, ImageError, OSError, RuntimeError,
+            ValueError, KeyError, FloatingPointError, MemoryError) as e:
         if os.environ.get("DQSEARCH_DEBUG"):
             raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"dqsearch {args.command}: error: {msg}", file=sys.stderr)
+        print(f"dqsearch {args.command}: error: {error_line(e, getattr(args, 'storage', None))}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; completed work is saved (use --resume)", file=sys.stderr)

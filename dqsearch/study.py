@@ -22,7 +22,6 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import optuna
 import sqlalchemy.exc
@@ -37,6 +36,7 @@ from .latency import LatencyTable
 from .latency_term import LatencyTerm, check_table_matches
 from .models import LoadedCheckpoint, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .quant.wrap import QuantPolicy, wrap
+from .storage_url import check_sqlite_folder, redact, scrub
 from .train import RunSpec, TrainConfig, train
 
 CONFIG_ATTR = "dqsearch_config"
@@ -106,15 +106,6 @@ class StudyConfig:
 
 
 # --- storage ------------------------------------------------------------------------------------
-def redact(url: str) -> str:
-    """A storage URL with its password replaced, safe for logs and result files."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def default_storage(output: Path, name: str) -> str:
     output.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{(output / f'{name}.db').resolve()}"
@@ -122,16 +113,18 @@ def default_storage(output: Path, name: str) -> str:
 
 def make_storage(url: str, heartbeat_s: int = 60, grace_s: int = 180, max_retry: int = 2) -> RDBStorage:
     """RDB storage (SQLite or PostgreSQL) with heartbeats and retry of stale trials."""
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        check_sqlite_folder(url)
+    except FileNotFoundError as e:
+        raise StudyError(str(e)) from None
     # pool_pre_ping replaces connections a database restart has killed instead of failing on them
     engine = {} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
         return RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=grace_s, engine_kwargs=engine,
                           failed_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry))
     except Exception as e:  # bad URL, driver missing, server down
-        raise StudyError(f"cannot open study storage {redact(url)}: {type(e).__name__}: "
-                         f"{str(e).replace(url, redact(url)).splitlines()[0]}") from None
+        first = (scrub(str(e), url).splitlines() or [""])[0][:300]
+        raise StudyError(f"cannot open study storage {redact(url)}: {type(e).__name__}: {first}") from None
 
 
 def _directions(config: StudyConfig) -> list[str]:

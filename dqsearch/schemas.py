@@ -1,0 +1,249 @@
+"""Schemas (pydantic, strict) of the files dqsearch reads from other people: study TOML files,
+latency tables, checkpoint headers and results JSON. Every command validates through `validate`,
+so a file gets the same one-line answer everywhere: the file, the path of the bad field in it, what
+was expected, and for an unknown key the nearest known one ("did you mean").
+
+Strict means no silent conversions: "300" is not 300, true is not 1, NaN and infinities are refused.
+Sizes a file can declare (model widths, input shapes, list lengths) are bounded here, before
+anything is allocated from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+MAX_WIDTH = 512  # N / M of a checkpoint: CompressAI's largest models use 320
+MAX_SAMPLES = 100_000
+
+
+class SchemaError(ValueError):
+    """A file that does not match its schema; the message names the file and the field."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, populate_by_name=True)
+
+
+class Open(BaseModel):
+    """Known keys typed, other keys kept (free-form metadata)."""
+
+    model_config = ConfigDict(strict=True, extra="allow", allow_inf_nan=False, populate_by_name=True)
+
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+NonNeg = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Bits = Annotated[int, Field(ge=1, le=32)]
+
+
+# --- validation with readable errors ----------------------------------------------------------------
+def validate(schema: type[BaseModel], data: Any, where: str) -> BaseModel:
+    """`data` checked against `schema`; a SchemaError naming `where` and the first bad field."""
+    try:
+        return schema.model_validate(data)
+    except ValidationError as e:
+        raise SchemaError(describe(schema, e, where)) from None
+
+
+def describe(schema: type[BaseModel], error: ValidationError, where: str) -> str:
+    errs = error.errors()
+    first = errs[0]
+    loc = tuple(first["loc"])
+    path = _path(loc)
+    if first["type"] == "extra_forbidden":
+        known = _keys_at(schema, loc[:-1])
+        guess = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f" (did you mean {guess[0]!r}?)" if guess else f"; known keys: {', '.join(known)}"
+        msg = f"{where}: unknown key {path!r}{hint}"
+    elif first["type"] == "missing":
+        msg = f"{where}: missing key {path!r}"
+    else:
+        got = first.get("input")
+        text = repr(got)
+        text = text if len(text) <= 60 else text[:57] + "..."
+        msg = f"{where}: {path or 'the file'}: {_plain(first['msg'])}, got {text} ({type(got).__name__})"
+    more = len(errs) - 1
+    return msg + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
+
+
+def _plain(msg: str) -> str:
+    return msg.replace("Input should be", "expected").replace("Value error, ", "")
+
+
+def _path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after[_after()]",) or str(part).startswith(("function-", "tagged-union")):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _keys_at(schema: Any, loc: tuple) -> list[str]:
+    """Field names (aliases) of the model found by following `loc` from `schema`."""
+    t = schema
+    for part in loc:
+        t = _unwrap(t)
+        if isinstance(part, int):
+            args = typing.get_args(t)
+            t = args[0] if args else Any
+        elif isinstance(t, type) and issubclass(t, BaseModel):
+            f = next((f for n, f in t.model_fields.items() if part in (n, f.alias)), None)
+            t = f.annotation if f is not None else Any
+        elif typing.get_origin(t) is dict:
+            t = typing.get_args(t)[1]
+        else:
+            return []
+    t = _unwrap(t)
+    if isinstance(t, type) and issubclass(t, BaseModel):
+        return sorted(f.alias or n for n, f in t.model_fields.items())
+    return []
+
+
+def _unwrap(t: Any) -> Any:
+    while True:
+        origin = typing.get_origin(t)
+        if origin is Annotated:
+            t = typing.get_args(t)[0]
+        elif origin in (Union, types.UnionType):
+            models = [a for a in typing.get_args(t) if a is not type(None)]
+            t = models[0] if len(models) == 1 else next(
+                (a for a in models if isinstance(a, type) and issubclass(a, BaseModel)), models[0])
+        else:
+            return t
+
+
+def from_dataclass(cls: type, name: str, exclude: set[str] = frozenset(), **extra: Any) -> type[Strict]:
+    """A strict schema with the fields of dataclass `cls` (tuples read as TOML/JSON lists)."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: (_listify(hints[f.name]), None) for f in dataclasses.fields(cls)
+              if f.name not in exclude}
+    return create_model(name, __base__=Strict, **fields, **extra)
+
+
+def _listify(t: Any) -> Any:
+    origin, args = typing.get_origin(t), typing.get_args(t)
+    if origin is tuple:
+        return list[_listify(args[0])] if args else list
+    if origin in (Union, types.UnionType):
+        return Union[tuple(_listify(a) for a in args)]  # noqa: UP007
+    if origin is dict:
+        return dict[args[0], Any]
+    return t
+
+
+# --- latency tables -----------------------------------------------------------------------------------
+class MeasurementSchema(Strict):
+    median: NonNeg
+    mean: NonNeg
+    std: NonNeg
+    min: NonNeg
+    max: NonNeg
+    n: Annotated[int, Field(ge=1, le=MAX_SAMPLES)]
+    samples: Annotated[list[NonNeg], Field(max_length=MAX_SAMPLES)] = []
+    unit: Literal["ms"] = "ms"
+
+
+Dim = Annotated[int, Field(ge=1, le=65536)]
+Pair = Annotated[list[Annotated[int, Field(ge=0, le=1024)]], Field(min_length=2, max_length=2)]
+Shape4 = Annotated[list[Dim], Field(min_length=4, max_length=4)]
+
+
+class LayerSpecSchema(Strict):
+    name: str
+    op: Literal["conv", "deconv"]
+    in_channels: Dim
+    out_channels: Dim
+    kernel: Pair
+    stride: Pair = [1, 1]
+    padding: Pair = [0, 0]
+    output_padding: Pair = [0, 0]
+    dilation: Pair = [1, 1]
+    groups: Dim = 1
+    bias: bool = True
+    input_shape: Shape4 = [1, 1, 1, 1]
+    output_shape: Shape4 = [1, 1, 1, 1]
+
+
+class LayerEntrySchema(Strict):
+    spec: LayerSpecSchema
+    latency: dict[str, MeasurementSchema]
+    isolated: dict[str, MeasurementSchema] = {}
+
+
+class TransitionSchema(Strict):
+    from_: str = Field(alias="from")
+    to: str
+    cost: dict[str, Finite]
+
+
+class TableMetadataSchema(Open):
+    backend: str
+    input_shape: Shape4
+    bits: Annotated[list[Bits], Field(min_length=1, max_length=32)]
+    containers: dict[str, str]
+    statistic: Literal["median", "mean", "min"] = "median"
+    method: str | None = None
+    latency_by_container: bool = False
+    capabilities: dict[str, str] = {}
+
+
+class LatencyTableSchema(Strict):
+    format: Literal["dqsearch-latency-table"]
+    version: Literal[1]
+    metadata: TableMetadataSchema
+    layers: dict[str, LayerEntrySchema]
+    fixed: MeasurementSchema | None = None
+    transitions: list[TransitionSchema] = []
+    complete: bool | None = None
+    context_runs: dict[str, Any] = {}
+
+
+# --- checkpoints ---------------------------------------------------------------------------------------
+Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
+
+
+class CheckpointMetaSchema(Open):
+    model_id: Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")] | None = None
+    lmbda: Positive | None = None
+    finished: bool | None = None
+
+
+class CheckpointSchema(Strict):
+    """The top level of a checkpoint (tensors are checked against the model, not here)."""
+
+    format: Literal["dqsearch-checkpoint"]
+    version: int
+    architecture: str
+    arch_args: dict[Literal["N", "M"], Width]
+    policy: dict[str, Any] | None = None
+    state_dict: dict[str, Any]
+    meta: CheckpointMetaSchema
+    train_state: dict[str, Any] | None = None
+
+
+# --- results JSON (CompressAI format) -----------------------------------------------------------------
+class ResultsBlock(Open):
+    bpp: Annotated[list[Positive], Field(min_length=1, max_length=10_000)]
+    psnr_rgb: list[Finite | None] | None = Field(None, alias="psnr-rgb")
+    ms_ssim_rgb: list[Annotated[float, Field(gt=0, lt=1)] | None] | None = Field(None, alias="ms-ssim-rgb")
+
+
+class ResultsSchema(Open):
+    name: str | None = None
+    description: str | None = None
+    results: ResultsBlock
+
+
+def finite(value: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
