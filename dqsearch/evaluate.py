@@ -148,15 +148,27 @@ def results_json(name: str, points: Sequence[dict[str, Any]], description: str =
 def read_curve(path: str | Path, metric: str = "psnr-rgb") -> tuple[list[float], list[float]]:
     """(bpp, metric) lists from a CompressAI-format results JSON, with a clear error when unusable."""
     path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"results file {path} does not exist")
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"cannot read results file {path}: {e}") from None
-    results = data.get("results", data) if isinstance(data, dict) else None
-    if not isinstance(results, dict) or "bpp" not in results or metric not in results:
-        raise ValueError(f"{path} has no 'results' with 'bpp' and '{metric}' (CompressAI format)")
+    if isinstance(data, dict) and "results" not in data and "bpp" in data:
+        data = {"results": data}  # a bare results block
+    from .schemas import ResultsSchema, SchemaError, validate
+
+    try:
+        validate(ResultsSchema, data, f"results file {path}")
+    except SchemaError as e:
+        raise ValueError(f"{e}; expected CompressAI format: {{\"results\": {{\"bpp\": [...], "
+                         f"\"{metric}\": [...]}}}}") from None
+    results = data["results"]
+    if metric not in results:
+        raise ValueError(f"{path} has no '{metric}' in 'results' (CompressAI format); it has "
+                         f"{sorted(results)}")
     bpp, dist = results["bpp"], results[metric]
-    if len(bpp) != len(dist) or any(v is None for v in dist):
+    if not isinstance(dist, list) or len(bpp) != len(dist) or any(v is None for v in dist):
         raise ValueError(f"{path}: '{metric}' is missing for some RD points")
     if metric == "ms-ssim-rgb":  # BD on MS-SSIM in dB, as CompressAI plots it
         dist = [-10 * math.log10(1 - v) for v in dist]

@@ -17,7 +17,7 @@ import types
 import typing
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
 MAX_WIDTH = 512  # N / M of a checkpoint: CompressAI's largest models use 320
 MAX_SAMPLES = 100_000
@@ -61,9 +61,11 @@ def describe(schema: type[BaseModel], error: ValidationError, where: str) -> str
         known = _keys_at(schema, loc[:-1])
         guess = difflib.get_close_matches(str(loc[-1]), known, n=1)
         hint = f" (did you mean {guess[0]!r}?)" if guess else f"; known keys: {', '.join(known)}"
-        msg = f"{where}: unknown key {path!r}{hint}"
+        msg = f"{where}: unknown field {path!r}{hint}"
     elif first["type"] == "missing":
-        msg = f"{where}: missing key {path!r}"
+        msg = f"{where}: missing field {path!r}"
+    elif first["type"] == "value_error":
+        msg = f"{where}: {path + ': ' if path else ''}{_plain(first['msg'])}"
     else:
         got = first.get("input")
         text = repr(got)
@@ -243,6 +245,56 @@ class ResultsSchema(Open):
     name: str | None = None
     description: str | None = None
     results: ResultsBlock
+
+
+# --- study files (dqsearch compare) ------------------------------------------------------------------
+def _safe_name(v: str) -> str:
+    """A name that becomes a file or folder name: no separators, no leading dot, not empty."""
+    if not v or "/" in v or "\\" in v or v.startswith(".") or "\x00" in v:
+        raise ValueError(f"{v!r} must be a plain name (no '/', '\\' or leading '.'); it names files")
+    return v
+
+
+SafeName = Annotated[str, AfterValidator(_safe_name)]
+_study_schema: type[BaseModel] | None = None
+
+
+def study_file_schema() -> type[BaseModel]:
+    """The schema of a `dqsearch compare` study file (built once, from TrainConfig and QuantPolicy
+    so that a new training or quantization option is accepted without editing this file)."""
+    global _study_schema
+    if _study_schema is not None:
+        return _study_schema
+    from .quant.wrap import QuantPolicy
+    from .train import TrainConfig
+
+    train = from_dataclass(TrainConfig, "TrainSection", data=(str | None, None))
+    latency = create_model("LatencySection", __base__=Strict, tables=(list[str], []),
+                           measure=(list[str], []), input=(str, "768x512"))
+    Range = Annotated[list[Finite], Field(min_length=2, max_length=2)]  # noqa: N806
+    method_fields: dict[str, Any] = {}
+    for cls, skip in ((QuantPolicy, {"overrides", "bits", "mode"}), (TrainConfig, set())):
+        hints = typing.get_type_hints(cls)
+        method_fields.update({f.name: (_listify(hints[f.name]), None) for f in dataclasses.fields(cls)
+                              if f.name not in skip})
+    method_fields.update(
+        name=(Annotated[str, Field(min_length=1, max_length=200)], ...),
+        kind=(Literal["fp32", "ptq", "qat", "fmpq", "study-front"], "qat"),
+        bits=(Bits | None, None), candidates=(Annotated[list[Bits], Field(min_length=1)] | None, None),
+        target_size=(Positive | None, None), target_latency=(str | None, None),
+        latency_table=(str | None, None), study=(SafeName | None, None), storage=(str | None, None),
+        backend=(str | None, None), trials=(Annotated[int, Field(ge=1, le=100_000)] | None, None),
+        eta_range=(Range | None, None), gamma_range=(Range | None, None),
+        bit_sets=(list[Annotated[list[Bits], Field(min_length=2)]] | None, None),
+        val_limit=(Annotated[int, Field(ge=1)] | None, None), latency_form=(str | None, None))
+    method = create_model("Method", __base__=Strict, **method_fields)
+    _study_schema = create_model(
+        "StudyFile", __base__=Strict, name=(SafeName, ...), description=(str, ""),
+        dataset=(str | None, None), family=(list[str], ...), anchor=(str | None, None),
+        output=(str | None, None), cache=(str | None, None),
+        limit=(Annotated[int, Field(ge=1)] | None, None), bd_method=(Literal["pchip", "akima"], "pchip"),
+        train=(train, None), latency=(latency, None), methods=(list[method], ...))
+    return _study_schema
 
 
 def finite(value: float) -> bool:

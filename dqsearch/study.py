@@ -95,14 +95,48 @@ class StudyConfig:
             raise StudyError(f"γ range must be positive and ordered, got {self.gamma}")
         if not (0 <= self.eta[0] <= self.eta[1]):
             raise StudyError(f"η range must be non-negative and ordered, got {self.eta}")
+        self._check_sizes()
+
+    def _check_sizes(self) -> None:
+        """Counts and bit-widths checked now, not after a whole trial has run."""
+        from .quant.quantizer import check_bits
+
+        for name in ("steps", "batch_size", "val_limit", "heartbeat_s", "grace_s"):
+            if getattr(self, name) < 1:
+                raise StudyError(f"{name.replace('_s', '').replace('_', '-')} must be at least 1, "
+                                 f"got {getattr(self, name)}")
+        if not (self.target_ms > 0 and math.isfinite(self.target_ms)):
+            raise StudyError(f"the target latency must be a positive number of ms, got {self.target_ms}")
+        if self.crop < 64 or self.crop % 64:
+            raise StudyError(f"crop must be a multiple of 64 (the models' total stride), got {self.crop}")
+        if not 0 < self.val_fraction < 1:
+            raise StudyError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+        if not self.bit_sets:
+            raise StudyError("a study needs at least one candidate bit-set")
+        for s in self.bit_sets:
+            try:
+                for b in s:
+                    check_bits(b)
+            except ValueError as e:
+                raise StudyError(f"bit-set {','.join(map(str, s))}: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StudyConfig:
+        """The stored configuration, type-checked (a study database may come from elsewhere)."""
+        from pydantic import TypeAdapter, ValidationError
+
+        from .schemas import describe
+
+        if not isinstance(d, dict):
+            raise StudyError(f"the stored study configuration is a {type(d).__name__}, not an object")
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        try:
+            return TypeAdapter(cls).validate_python({k: v for k, v in d.items() if k in names})
+        except ValidationError as e:
+            raise StudyError(describe(cls, e, "stored study configuration")) from None
 
 
 # --- storage ------------------------------------------------------------------------------------
