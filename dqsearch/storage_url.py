@@ -30,7 +30,7 @@ def redact(url: str) -> str:
         scheme = str(url).split(":", 1)[0] if ":" in str(url) else "storage"
         return f"{scheme}://*** (unparseable URL)"
     query = {k: ("***" if _secret_key(k) else v) for k, v in u.query.items()}
-    return u.set(query=query).render_as_string(hide_password=True)
+    return u.set(query=query).render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
 
 
 def secrets_of(url: str) -> list[str]:
