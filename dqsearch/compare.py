@@ -21,7 +21,7 @@ import torch
 
 from .atomic import write_json
 from .data import CropSampler, list_images, repo_data_dir, sample_images_dir
-from .evaluate import evaluate_checkpoint, results_json
+from .evaluate import evaluate_checkpoint, load_results, results_json
 from .models import load_checkpoint, resolve_checkpoint, save_checkpoint
 from .quant.wrap import QuantPolicy, calibrate, weight_bytes, wrap
 from .report import csv_table, markdown_table, plot_bits_heatmap, plot_rd, summary_rows
@@ -357,7 +357,7 @@ def run_study(study: Study, only: list[str] | None = None, progress: bool = True
         res_path = study.output / f"{method.slug}.json"
         if only and method.name not in only:
             if res_path.exists():
-                results[method.name] = json.loads(res_path.read_text())
+                results[method.name] = load_results(res_path)
             continue
         points = []
         for ck_path in method_checkpoints(study, method, progress):
@@ -388,7 +388,7 @@ def report_from_saved(study: Study) -> dict[str, Any]:
         if not path.exists():
             raise StudyError(f"{method.name!r} has no saved results ({path}); run "
                              f"`dqsearch compare` on study {study.name!r} first")
-        results[method.name] = json.loads(path.read_text())
+        results[method.name] = load_results(path)
     return write_report(study, results)
 
 

@@ -147,6 +147,21 @@ def results_json(name: str, points: Sequence[dict[str, Any]], description: str =
 # --- BD-rate ---------------------------------------------------------------------------------------
 def read_curve(path: str | Path, metric: str = "psnr-rgb") -> tuple[list[float], list[float]]:
     """(bpp, metric) lists from a CompressAI-format results JSON, with a clear error when unusable."""
+    data = load_results(path, metric)
+    results = data["results"]
+    if metric not in results:
+        raise ValueError(f"{path} has no '{metric}' in 'results' (CompressAI format); it has "
+                         f"{sorted(results)}")
+    bpp, dist = results["bpp"], results[metric]
+    if not isinstance(dist, list) or len(bpp) != len(dist) or any(v is None for v in dist):
+        raise ValueError(f"{path}: '{metric}' is missing for some RD points")
+    if metric == "ms-ssim-rgb":  # BD on MS-SSIM in dB, as CompressAI plots it
+        dist = [-10 * math.log10(1 - v) for v in dist]
+    return list(bpp), list(dist)
+
+
+def load_results(path: str | Path, metric: str = "psnr-rgb") -> dict[str, Any]:
+    """A results JSON (CompressAI format), validated by its schema; ValueError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"results file {path} does not exist")
@@ -163,16 +178,7 @@ def read_curve(path: str | Path, metric: str = "psnr-rgb") -> tuple[list[float],
     except SchemaError as e:
         raise ValueError(f"{e}; expected CompressAI format: {{\"results\": {{\"bpp\": [...], "
                          f"\"{metric}\": [...]}}}}") from None
-    results = data["results"]
-    if metric not in results:
-        raise ValueError(f"{path} has no '{metric}' in 'results' (CompressAI format); it has "
-                         f"{sorted(results)}")
-    bpp, dist = results["bpp"], results[metric]
-    if not isinstance(dist, list) or len(bpp) != len(dist) or any(v is None for v in dist):
-        raise ValueError(f"{path}: '{metric}' is missing for some RD points")
-    if metric == "ms-ssim-rgb":  # BD on MS-SSIM in dB, as CompressAI plots it
-        dist = [-10 * math.log10(1 - v) for v in dist]
-    return list(bpp), list(dist)
+    return data
 
 
 def bd_rate(anchor: tuple[Sequence[float], Sequence[float]], test: tuple[Sequence[float], Sequence[float]],
