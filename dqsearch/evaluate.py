@@ -74,7 +74,7 @@ def evaluate_image(ck: LoadedCheckpoint, path: Path) -> tuple[ImageResult, torch
     """Encode, decode and measure one image; returns the result and the decoded image."""
     model = ck.model.eval()
     x = load_image(path).unsqueeze(0)
-    enc = encode(model, ck.model_id, x)
+    enc = encode(model, ck.model_id, x, f"image {path}")  # the memory check names the file
     t0 = time.perf_counter()
     x_hat, _ = decode(model, ck.model_id, enc.data)
     dec_s = time.perf_counter() - t0
