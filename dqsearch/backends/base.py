@@ -233,9 +233,6 @@ def parse_input_shape(shape: str | Sequence[int]) -> tuple[int, int, int, int]:
     if n > MAX_INPUT_BATCH or c != 3 or h * w > MAX_INPUT_PIXELS:
         raise ValueError(f"input size {shape!r}: latency is profiled on one to {MAX_INPUT_BATCH} RGB "
                          f"images of at most {MAX_INPUT_PIXELS // 2**20} MP")
-    if h % 64 or w % 64:
-        raise ValueError(f"input size {shape!r}: CompressAI models need height and width divisible by "
-                         f"64, e.g. {max(64, h // 64 * 64)}x{max(64, w // 64 * 64)}")
     return dims  # type: ignore[return-value]
 
 
@@ -318,8 +315,8 @@ def trace_model(model: nn.Module, input_shape: str | Sequence[int]) -> ModelTrac
         if "alloc" in str(e).lower() or "out of memory" in str(e).lower():
             raise ValueError(f"not enough memory to run the model at input size {shape[2]}x{shape[3]}"
                              "; profile a smaller --input") from None
-        raise ValueError(f"the model cannot run at input size {shape[2]}x{shape[3]} "
-                         f"({str(e)[:200]})") from None
+        raise ValueError(f"the model cannot run at input size {shape[2]}x{shape[3]} ({str(e)[:200]}); "
+                         "CompressAI models need height and width divisible by 64") from None
     finally:
         for h in hooks:
             h.remove()
