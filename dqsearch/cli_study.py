@@ -48,10 +48,19 @@ def _output(args: argparse.Namespace) -> Path:
     return Path(args.output) if args.output else Path("studies") / args.study_name
 
 
-def _storage(args: argparse.Namespace) -> str:
-    from .study import default_storage
+def _storage(args: argparse.Namespace, create: bool = True) -> str:
+    """--storage, else the SQLite file in the study's folder; `show`/`export` read it and create
+    neither the folder nor the database."""
+    from .study import StudyError, default_storage
 
-    return args.storage or default_storage(_output(args), args.study_name)
+    if args.storage:
+        return args.storage
+    if not create:
+        db = _output(args) / f"{args.study_name}.db"
+        if not db.is_file():
+            raise StudyError(f"no study database {db}: pass --storage URL or -o FOLDER of the study")
+        return f"sqlite:///{db.resolve()}"
+    return default_storage(_output(args), args.study_name)
 
 
 def find_or_profile_table(backend_name: str, model, info: dict, input_size: str, output: Path,
@@ -141,14 +150,14 @@ def _show(study, config, out: Path) -> int:
 def cmd_study_show(args: argparse.Namespace) -> int:
     from .study import load_study
 
-    study, config = load_study(args.study_name, _storage(args))
+    study, config = load_study(args.study_name, _storage(args, create=False))
     return _show(study, config, _output(args))
 
 
 def cmd_study_export(args: argparse.Namespace) -> int:
     from .study import export_trial, load_study
 
-    study, _ = load_study(args.study_name, _storage(args))
+    study, _ = load_study(args.study_name, _storage(args, create=False))
     path = export_trial(study, args.trial, args.out)
     print(f"wrote {path}")
     return 0

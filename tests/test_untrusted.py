@@ -357,3 +357,9 @@ def test_study_file_paths_inside_its_folder_are_accepted(tmp_path):
     s = Study.load(path)
     assert s.output == (tmp_path / "out" / "a").resolve() and s.dataset == sample_images_dir().resolve()
 
+
+
+def test_study_show_of_a_missing_study_creates_nothing(tmp_path, capsys):
+    folder = tmp_path / "ghost"
+    assert main(["study", "show", "ghost", "-o", str(folder)]) == 2
+    assert not folder.exists() and "no study database" in capsys.readouterr().err
