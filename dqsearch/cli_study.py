@@ -58,7 +58,8 @@ def _storage(args: argparse.Namespace, create: bool = True) -> str:
     if not create:
         db = _output(args) / f"{args.study_name}.db"
         if not db.is_file():
-            raise StudyError(f"no study database {db}: pass --storage URL or -o FOLDER of the study")
+            raise StudyError(f"no study {args.study_name!r}: no study database {db}; pass --storage URL "
+                             "or -o FOLDER of the study")
         return f"sqlite:///{db.resolve()}"
     return default_storage(_output(args), args.study_name)
 
