@@ -314,7 +314,8 @@ def decode(model: nn.Module, model_id: str, data: bytes, name: str = "file",
     if tuple(x_hat.shape[-2:]) != (hp, wp):
         raise BitstreamError(f"decoded size {tuple(x_hat.shape[-2:])} does not match the header")
     _, pad = pad_to_multiple(torch.empty(1, 1, header.height, header.width), PAD_MULTIPLE)
-    return crop_padding(x_hat, pad).clamp(0, 1), header
+    # garbage strings can decode to huge latents and NaN pixels: NaN becomes 0, not undefined bytes
+    return crop_padding(x_hat, pad).nan_to_num(0.0, 1.0, 0.0).clamp(0, 1), header
 
 
 def compress_file(model: nn.Module, model_id: str, image_path: str | Path, output: str | Path,

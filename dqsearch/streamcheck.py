@@ -24,11 +24,12 @@ from typing import Any
 from compressai.models import Elic2022Official, FactorizedPrior, ScaleHyperprior
 from torch import nn
 
-# Zero bytes after a string per symbol it decodes, plus a constant. Measured: a decode that runs
-# off its string reads at most one 32-bit word per symbol (4 bytes: a zero state decodes symbol 0
-# and renormalises once per symbol; a non-zero state refills less often). Bypass symbols read more,
-# but zero words end a bypass run (its length prefix is a nibble of the state), so twice the
-# measured worst case is kept: 8 bytes per symbol, 3 B/px for the N=64 model (≈1.5% of a decode).
+# Zero bytes after a string per symbol it decodes, plus a constant. Measured
+# (benchmarks/rans_read_extent.py): a decode that runs off its string reads at most one 32-bit word
+# per symbol in steady state (4 bytes: a zero state decodes symbol 0 and renormalises once per
+# symbol; a non-zero state refills less often), plus a burst of bypass reads at the start when the
+# state's nibbles are all ones (under 1 KB; zero words end a bypass run). Twice the steady state
+# plus 4 KiB was never more than half used; it costs 3 B/px for the N=64 model (~1.5% of a decode).
 MARGIN_PER_SYMBOL = 8
 MARGIN_CONSTANT = 4096
 MIN_STRING = 8  # Rans64EncFlush writes two 32-bit words
