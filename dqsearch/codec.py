@@ -183,6 +183,10 @@ def _check_shape(shape: Any, height: int, width: int) -> None:
     walk(shape)
 
 
+def _is_model_id(text: str) -> bool:
+    return isinstance(text, str) and len(text) == 16 and all(c in "0123456789abcdef" for c in text)
+
+
 # --- memory budget --------------------------------------------------------------------------------
 def parse_bytes(text: str) -> int:
     """'4G', '512M', '1.5GiB' or a plain byte count."""
@@ -262,8 +266,9 @@ def encode(model: nn.Module, model_id: str, image: Tensor, name: str = "image",
     _, _, h, w = image.shape
     if h > MAX_SIDE or w > MAX_SIDE or h * w > MAX_PIXELS:
         raise ValueError(f"image is {w}x{h}; the bitstream holds at most {MAX_SIDE} px per side")
-    if len(bytes.fromhex(model_id)) != 8:
-        raise ValueError(f"model id {model_id!r} is not 16 hex digits")
+    if not _is_model_id(model_id):
+        raise ValueError(f"model id {model_id!r} is not 16 hex digits: the checkpoint's metadata is "
+                         "damaged (a file written with it could not be decoded)")
     check_memory(model, h, w, name, limit)
     model.eval()
     t0 = time.perf_counter()

@@ -101,10 +101,10 @@ class StudyConfig:
         """Counts and bit-widths checked now, not after a whole trial has run."""
         from .quant.quantizer import check_bits
 
-        for name in ("steps", "batch_size", "val_limit", "heartbeat_s", "grace_s"):
+        for name, flag in (("steps", "steps"), ("batch_size", "batch-size"), ("val_limit", "val-limit"),
+                           ("heartbeat_s", "heartbeat"), ("grace_s", "grace")):
             if getattr(self, name) < 1:
-                raise StudyError(f"{name.replace('_s', '').replace('_', '-')} must be at least 1, "
-                                 f"got {getattr(self, name)}")
+                raise StudyError(f"--{flag} must be at least 1, got {getattr(self, name)}")
         if not (self.target_ms > 0 and math.isfinite(self.target_ms)):
             raise StudyError(f"the target latency must be a positive number of ms, got {self.target_ms}")
         if self.crop < 64 or self.crop % 64:
