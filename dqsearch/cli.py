@@ -250,6 +250,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     _set_threads(args.threads)
     study = Study.load(args.study)
+    names = [m.name for m in study.methods]
+    for name in args.only or []:
+        if name not in names:
+            import difflib
+
+            close = difflib.get_close_matches(name, names, n=1)
+            raise UsageError(f"--only {name!r}: {args.study} has no such method"
+                             + (f" (did you mean {close[0]!r}?)" if close else f"; it has {names}"))
     if args.limit:
         study.limit = args.limit
     if args.report_only:

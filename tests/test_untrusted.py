@@ -363,3 +363,10 @@ def test_study_show_of_a_missing_study_creates_nothing(tmp_path, capsys):
     folder = tmp_path / "ghost"
     assert main(["study", "show", "ghost", "-o", str(folder)]) == 2
     assert not folder.exists() and "no study database" in capsys.readouterr().err
+
+
+def test_compare_only_names_an_unknown_method(tmp_path, capsys):
+    path = tmp_path / "s.toml"
+    path.write_text(BASE.format(extra="", more=""))
+    assert main(["compare", str(path), "--only", "FP23"]) == 2
+    assert "did you mean 'FP32'" in capsys.readouterr().err
