@@ -25,7 +25,7 @@ from .evaluate import evaluate_checkpoint, load_results, results_json
 from .models import load_checkpoint, resolve_checkpoint, save_checkpoint
 from .quant.wrap import QuantPolicy, calibrate, weight_bytes, wrap
 from .report import csv_table, markdown_table, plot_bits_heatmap, plot_rd, summary_rows
-from .schemas import SchemaError, study_file_schema, validate
+from .schemas import SchemaError, read_text, study_file_schema, validate
 from .storage_url import sqlite_path
 from .train import RunSpec, TrainConfig, train
 
@@ -77,12 +77,12 @@ class Study:
     def load(cls, path: str | Path) -> Study:
         path = Path(path)
         try:
-            raw = tomllib.loads(path.read_text())
+            raw = tomllib.loads(read_text(path, "study file"))
         except FileNotFoundError:
             raise StudyError(f"study file {path} does not exist") from None
         except tomllib.TOMLDecodeError as e:
             raise StudyError(f"study file {path} is not valid TOML: {e}") from None
-        except (OSError, UnicodeDecodeError) as e:
+        except (OSError, UnicodeDecodeError, SchemaError) as e:
             raise StudyError(f"study file {path} cannot be read: {e}") from None
         try:
             validate(study_file_schema(), raw, f"study file {path}")

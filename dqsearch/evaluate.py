@@ -165,13 +165,14 @@ def load_results(path: str | Path, metric: str = "psnr-rgb") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"results file {path} does not exist")
+    from .schemas import ResultsSchema, SchemaError, read_text, validate
+
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        data = json.loads(read_text(path, "results file"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, SchemaError) as e:
         raise ValueError(f"cannot read results file {path}: {e}") from None
     if isinstance(data, dict) and "results" not in data and "bpp" in data:
         data = {"results": data}  # a bare results block
-    from .schemas import ResultsSchema, SchemaError, validate
 
     try:
         validate(ResultsSchema, data, f"results file {path}")

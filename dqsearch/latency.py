@@ -28,7 +28,7 @@ from torch import Tensor
 
 from .atomic import write_json
 from .backends.base import LayerSpec, Measurement, parse_input_shape
-from .schemas import LatencyTableSchema, SchemaError, validate
+from .schemas import LatencyTableSchema, SchemaError, read_text, validate
 
 FORMAT = "dqsearch-latency-table"
 VERSION = 1
@@ -242,8 +242,10 @@ class LatencyTable:
         if not path.is_file():
             raise FileNotFoundError(f"latency table {path} does not exist; create it with `dqsearch profile`")
         try:
-            raw = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
+            raw = json.loads(read_text(path, "latency table"))
+        except SchemaError as e:
+            raise LatencyTableError(str(e)) from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise LatencyTableError(f"{path} is not valid JSON ({e}); re-run `dqsearch profile`") from None
         table = cls.from_dict(raw, str(path))
         table.path = path

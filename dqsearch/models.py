@@ -165,6 +165,9 @@ def load_checkpoint(path: str | Path, with_train_state: bool = False) -> LoadedC
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.stat().st_size > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"checkpoint {path} is {path.stat().st_size / 2**30:.1f} GiB, more than any "
+                              f"model this tool builds ({MAX_CHECKPOINT_BYTES // 2**30} GiB at most)")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, truncation, zip errors, unsafe globals
@@ -225,6 +228,7 @@ def load_checkpoint(path: str | Path, with_train_state: bool = False) -> LoadedC
 
 # Bounds on what a checkpoint may declare for the lazily sized entropy buffers, checked before
 # `update()` turns them into coding tables (a quantile spread of 1e9 would ask for terabytes).
+MAX_CHECKPOINT_BYTES = 4 * 2**30  # N = M = 512 with training state is far below this
 MAX_LAZY_NUMEL = 1 << 22
 MAX_QUANTILE_SPREAD = 1 << 14  # symbols per channel; CompressAI's 16-bit CDFs cannot use more
 MAX_SCALE = 1 << 12

@@ -23,8 +23,23 @@ MAX_WIDTH = 512  # N / M of a checkpoint: CompressAI's largest models use 320
 MAX_SAMPLES = 100_000
 
 
+MAX_FILE_BYTES = 256 * 2**20  # a study file, table or results JSON larger than this is not one
+
+
 class SchemaError(ValueError):
     """A file that does not match its schema; the message names the file and the field."""
+
+
+def read_text(path: Any, what: str) -> str:
+    """A text file's contents, refusing one too large to be what it claims (before reading it)."""
+    from pathlib import Path
+
+    path = Path(path)
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise SchemaError(f"{what} {path} is {size / 2**20:.0f} MiB; no {what} is larger than "
+                          f"{MAX_FILE_BYTES // 2**20} MiB")
+    return path.read_text()
 
 
 class Strict(BaseModel):
