@@ -207,7 +207,7 @@ def memory_limit() -> int:
     return parse_bytes(env) if env else DEFAULT_MEMORY_LIMIT
 
 
-def memory_needed(model: nn.Module, height: int, width: int) -> int:
+def memory_needed(model: Any, height: int, width: int) -> int:
     """Estimated peak bytes to code an image: the padded pixels times 64 + 3·N bytes (N the
     model's widest early transform). Measured above the process's baseline for the N=64 embedded
     model: 197–211 B/px to encode, 235–245 B/px to decode at 2048 px; the estimate is 256."""
@@ -215,7 +215,7 @@ def memory_needed(model: nn.Module, height: int, width: int) -> int:
     return hp * wp * (64 + 3 * int(getattr(model, "N", 192)))
 
 
-def check_memory(model: nn.Module, height: int, width: int, what: str, limit: int | None = None) -> None:
+def check_memory(model: Any, height: int, width: int, what: str, limit: int | None = None) -> None:
     limit = memory_limit() if limit is None else limit
     need = memory_needed(model, height, width)
     if need > limit:

@@ -13,12 +13,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
 import torch
 
-from ..codec import PAD_MULTIPLE, BitstreamError, Encoded, Header, pack, unpack
+from ..codec import PAD_MULTIPLE, BitstreamError, Encoded, Header, check_memory, pack, unpack
 from ..data import crop_padding, pad_to_multiple
 from ..streamcheck import Layout, LayoutError, check_stream, padded
 from .artifact import ProfileArtifact, Store
@@ -110,6 +111,10 @@ class Runtime:
                                 "session_seconds": lo.prepare(missing)})
         return lo
 
+    def _width(self) -> SimpleNamespace:
+        """The exported model's N, for the memory estimate of `codec.check_memory`."""
+        return SimpleNamespace(N=int(self.manifest.get("arch_args", {}).get("N", 192)))
+
     # --- hyperprior -----------------------------------------------------------------------------
     def _entropy_parameters(self, lo: Loaded, z_hat: torch.Tensor, hyper: str
                             ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -133,6 +138,7 @@ class Runtime:
         if image.shape[0] != 1 or image.shape[1] != 3:
             raise ValueError(f"expected one RGB image, got a tensor of shape {tuple(image.shape)}")
         _, _, h, w = image.shape
+        check_memory(self._width(), h, w, "image")
         t0 = time.perf_counter()
         x, _ = pad_to_multiple(image, PAD_MULTIPLE)
         bits = tuple(bits) if bits is not None else self.store.choose_profile(x)
@@ -183,6 +189,7 @@ class Runtime:
                                               strings, shape)
         except LayoutError as e:
             raise BitstreamError(str(e)) from None
+        check_memory(self._width(), header.height, header.width, "bitstream")
         n_events = len(self.events)
         lo = self.loaded(header.profile_bits, ("h_s_int" if header.hyper == "integer" else "h_s", "g_s"))
         now = timer(self.threads)
