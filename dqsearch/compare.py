@@ -139,12 +139,17 @@ class Study:
                                       {**fm, "bits": m.get("candidates", [4, 6, 8, 10, 16])}))
                 continue
             if kind != "fp32":
-                if "candidates" in m:
-                    policy = QuantPolicy.dynamic(m["candidates"], **pol_fields)
-                elif "bits" in pol_fields:
-                    policy = QuantPolicy(mode="fixed", **{**pol_fields, "bits": (pol_fields["bits"],)})
-                else:
-                    raise StudyError(f"{path}: method {m['name']!r} needs 'bits' or 'candidates'")
+                try:
+                    if "candidates" in m:
+                        policy = QuantPolicy.dynamic(m["candidates"], **pol_fields)
+                    elif "bits" in pol_fields:
+                        policy = QuantPolicy(mode="fixed", **{**pol_fields, "bits": (pol_fields["bits"],)})
+                    else:
+                        raise StudyError(f"{path}: method {m['name']!r} needs 'bits' or 'candidates'")
+                except StudyError:
+                    raise
+                except ValueError as e:
+                    raise StudyError(f"{path}: method {m['name']!r}: {e}") from None
             methods.append(Method(m["name"], kind, policy, {k: v for k, v in m.items() if k in _TRAIN_KEYS}))
         names = [m.name for m in methods]
         _check_names(methods, path)

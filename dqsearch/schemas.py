@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import types
 import typing
 from typing import Annotated, Any, Literal, Union
@@ -311,6 +310,3 @@ def study_file_schema() -> type[BaseModel]:
         train=(train, None), latency=(latency, None), methods=(list[method], ...))
     return _study_schema
 
-
-def finite(value: float) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -235,6 +235,8 @@ BASE = 'name = "s"\nfamily = ["embedded:1"]\n{extra}\n[[methods]]\nname = "FP32"
     ("", '[[methods]]\nname = "Q"\nbits = "8"\n', r"methods\[1\].bits"),
     ("", '[[methods]]\nname = "Q"\nbits = 8\nsteps = true\n', r"methods\[1\].steps"),
     ("limit = 0", "", "limit"),
+    ("", '[[methods]]\nname = "Q"\nbits = 99\n', r"methods\[1\].bits: expected less than or equal to 32"),
+    ("", '[[methods]]\nname = "Q"\ncandidates = [1, 8]\n', "bit-width must be"),
 ])
 def test_study_file_refusals(tmp_path, extra, more, message):
     from dqsearch.compare import Study, StudyError
