@@ -372,3 +372,15 @@ def test_compare_only_names_an_unknown_method(tmp_path, capsys):
     path.write_text(BASE.format(extra="", more=""))
     assert main(["compare", str(path), "--only", "FP23"]) == 2
     assert "did you mean 'FP32'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--crop", "32", "--steps", "1", "-o", "{tmp}/x.pt"], "multiple of 64"),
+    (["profile", "--backend", "sim-npu", "--input", "100000x100000", "-o", "{tmp}/t.json"], "at most 16 MP"),
+    (["study", "show", "x", "--storage", "postgresql://dq:pa#ss/wo?rd@127.0.0.1:1/db"], "dq:***@"),
+])
+def test_more_one_line_refusals(tmp_path, capsys, argv, message):
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "pa#ss" not in err
+    assert not list(tmp_path.iterdir())
