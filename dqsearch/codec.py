@@ -369,7 +369,7 @@ def check_output(output: str | Path, source: str | Path) -> None:
     out, src = Path(output), Path(source)
     if out.is_dir():
         raise ValueError(f"output {out} is a folder; give a file name, e.g. {out / (src.stem + '.out')}")
-    if out.exists() and src.exists() and out.resolve() == src.resolve():
+    if out.exists() and src.exists() and os.path.samefile(out, src):  # also links to the input
         raise ValueError(f"output {out} is the input file; choose another name so the input is kept")
 
 
