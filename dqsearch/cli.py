@@ -180,7 +180,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     _set_threads(args.threads)
     ck = _load(args.checkpoint)
-    enc = compress_file(ck.model, ck.model_id, args.image, args.output)
+    enc = compress_file(ck.model, ck.model_id, args.image, args.output, _memory(args))
     msg = f"{args.output}: {len(enc.data)} bytes, {enc.bpp:.4f} bpp, {enc.width}x{enc.height}"
     if enc.profile:
         msg += f", average {average_bits(ck.model, enc.profile):.2f} bits"
@@ -188,22 +188,32 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def _memory(args: argparse.Namespace) -> int | None:
+    from .codec import parse_bytes
+
+    return parse_bytes(args.memory_limit) if args.memory_limit else None
+
+
 def cmd_decompress(args: argparse.Namespace) -> int:
-    from .codec import decompress_file, unpack
+    from .codec import BitstreamError, check_output, decompress_file, read_stream, unpack
     from .data import save_image
     from .models import find_embedded_by_id, load_checkpoint
 
     _set_threads(args.threads)
+    check_output(args.output, args.file)
     if args.checkpoint:
         ck = _load(args.checkpoint)
     else:
-        header = unpack(Path(args.file).read_bytes() if Path(args.file).is_file() else b"")[0]
+        try:
+            header = unpack(read_stream(args.file))[0]
+        except BitstreamError as e:
+            raise BitstreamError(str(e) if str(args.file) in str(e) else f"{args.file}: {e}") from None
         path = find_embedded_by_id(header.model_id)
         if path is None:
             raise UsageError(f"{args.file} was written by model {header.model_id}, which is not "
                              "bundled: pass the checkpoint that encoded it with --checkpoint PATH")
         ck = load_checkpoint(path)
-    x_hat, header = decompress_file(ck.model, ck.model_id, args.file)
+    x_hat, header = decompress_file(ck.model, ck.model_id, args.file, _memory(args))
     save_image(x_hat, args.output)
     print(f"{args.output}: {header.width}x{header.height}")
     return 0
@@ -259,6 +269,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .cli_backends import _backend_options
 
     study.backend_options = {**_backend_options(args), **study.backend_options}  # the file's own win
+
+    names = [m.name for m in study.methods]
+    for name in args.only or []:
+        if name not in names:
+            import difflib
+
+            close = difflib.get_close_matches(name, names, n=1)
+            raise UsageError(f"--only {name!r}: {args.study} has no such method"
+                             + (f" (did you mean {close[0]!r}?)" if close else f"; it has {names}"))
     if args.limit:
         study.limit = args.limit
     if args.report_only:
@@ -350,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--checkpoint", help="checkpoint path or embedded:Q (default: embedded model)")
+    p.add_argument("--memory-limit", help="refuse images needing more memory than this (default 4G, "
+                   "or $DQSEARCH_MEMORY_LIMIT)")
     p.add_argument("--threads", type=int, help=THREADS_HELP)
     p.set_defaults(func=cmd_compress)
 
@@ -357,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--checkpoint", help="the checkpoint that encoded the file (bundled ones are found)")
+    p.add_argument("--memory-limit", help="refuse streams needing more memory than this (default 4G)")
     p.add_argument("--threads", type=int, help=THREADS_HELP)
     p.set_defaults(func=cmd_decompress)
 
@@ -430,12 +452,34 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .data import ImageError
     from .models import CheckpointError
 
-    return (UsageError, CheckpointError, ImageError, FileNotFoundError, RuntimeError, ValueError, KeyError,
-            FloatingPointError)
+    return (UsageError, CheckpointError, ImageError, OSError, RuntimeError, ValueError, KeyError,
+            FloatingPointError, MemoryError)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"dqsearch: warning: {message}", file=sys.stderr)
+
+
+MAX_MESSAGE = 600
+
+
+def error_line(e: BaseException, storage: str | None = None) -> str:
+    """One line for an error: no secrets of the storage URL, no megabyte-long messages."""
+    if isinstance(e, MemoryError):
+        return ("ran out of memory; use smaller images or crops, a smaller --batch-size, or a "
+                "machine with more memory")
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        msg = f"{e.filename}: {e.strerror}"
+    else:
+        msg = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
+    if storage:
+        from .storage_url import scrub
+
+        msg = scrub(msg, storage)
+    msg = " ".join(msg.split())
+    if len(msg) > MAX_MESSAGE:
+        msg = msg[:MAX_MESSAGE] + f"… ({len(msg) - MAX_MESSAGE} more characters; DQSEARCH_DEBUG=1 shows all)"
+    return msg
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -452,8 +496,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _user_errors() as e:  # evaluated only when something is raised
         if os.environ.get("DQSEARCH_DEBUG"):
             raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"dqsearch {args.command}: error: {msg}", file=sys.stderr)
+        print(f"dqsearch {args.command}: error: {error_line(e, getattr(args, 'storage', None))}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; completed work is saved (use --resume)", file=sys.stderr)

@@ -92,9 +92,11 @@ def cmd_compress_runtime(args: argparse.Namespace) -> int:
 
 def cmd_decompress_runtime(args: argparse.Namespace) -> int:
     _require_ort()
+    from .codec import check_output
     from .data import save_image
     from .deploy.files import decompress_file
 
+    check_output(args.output, args.file)
     x_hat, header, info = decompress_file(args.runtime, args.file, args.threads or 1)
     save_image(x_hat, args.output)
     times = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in info["times"].items())

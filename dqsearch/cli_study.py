@@ -36,17 +36,45 @@ def _bit_sets(text: str) -> list[list[int]]:
         raise argparse.ArgumentTypeError(f"expected sets like '4,6,8;6,8,10', got {text!r}") from None
     if not sets or any(len(s) < 2 for s in sets):
         raise argparse.ArgumentTypeError("each candidate set needs at least two bit-widths")
+    from .quant.quantizer import check_bits
+
+    try:
+        for s in sets:
+            for b in s:
+                check_bits(b)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     return sets
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
 
 
 def _output(args: argparse.Namespace) -> Path:
     return Path(args.output) if args.output else Path("studies") / args.study_name
 
 
-def _storage(args: argparse.Namespace) -> str:
-    from .study import default_storage
+def _storage(args: argparse.Namespace, create: bool = True) -> str:
+    """--storage, else the SQLite file in the study's folder; `show`/`export` read it and create
+    neither the folder nor the database."""
+    from .study import StudyError, default_storage
 
-    return args.storage or default_storage(_output(args), args.study_name)
+    if args.storage:
+        return args.storage
+    if not create:
+        db = _output(args) / f"{args.study_name}.db"
+        if not db.is_file():
+            raise StudyError(f"no study {args.study_name!r}: no study database {db}; pass --storage URL "
+                             "or -o FOLDER of the study")
+        return f"sqlite:///{db.resolve()}"
+    return default_storage(_output(args), args.study_name)
 
 
 def find_or_profile_table(backend_name: str, model, info: dict, shape: tuple[int, ...],
@@ -162,14 +190,14 @@ def _show(study, config, out: Path) -> int:
 def cmd_study_show(args: argparse.Namespace) -> int:
     from .study import load_study
 
-    study, config = load_study(args.study_name, _storage(args))
+    study, config = load_study(args.study_name, _storage(args, create=False))
     return _show(study, config, _output(args))
 
 
 def cmd_study_export(args: argparse.Namespace) -> int:
     from .study import export_trial, load_study
 
-    study, _ = load_study(args.study_name, _storage(args))
+    study, _ = load_study(args.study_name, _storage(args, create=False))
     path = export_trial(study, args.trial, args.out)
     print(f"wrote {path}")
     return 0
@@ -201,17 +229,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latency-table", help="use this table instead of finding/profiling one")
     p.add_argument("--input", default="768x512", help="input size the latency refers to (HxW)")
     p.add_argument("--target-latency", required=True, help="budget, e.g. 20ms or 0.5s")
-    p.add_argument("--trials", type=int, default=12, help="finished trials wanted (all workers)")
+    p.add_argument("--trials", type=_positive, default=12, help="finished trials wanted (all workers)")
     p.add_argument("--study-name", help="default dq-BACKEND-TARGET")
     p.add_argument("--storage", help="Optuna storage URL (default: SQLite file in the output folder; "
                    "postgresql://user:pass@host/db to share with workers)")
     p.add_argument("-o", "--output", help="folder for the database, trial checkpoints and figures")
-    p.add_argument("--steps", type=int, default=300, help="QAT steps per trial")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--steps", type=_positive, default=300, help="QAT steps per trial")
+    p.add_argument("--batch-size", type=_positive, default=8)
     p.add_argument("--crop", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--data", help="training images (a validation split is held out)")
-    p.add_argument("--val-limit", type=int, default=5, help="validation images per trial")
+    p.add_argument("--val-limit", type=_positive, default=5, help="validation images per trial")
     p.add_argument("--bit-sets", type=_bit_sets, default=_bit_sets(DEFAULT_BIT_SETS),
                    help=f"candidate sets to search (default {DEFAULT_BIT_SETS!r})")
     p.add_argument("--gamma-range", type=_range, default=(1e-3, 0.5), help="log-uniform γ range")
@@ -231,8 +259,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="random trials before TPE models the history (default 8)")
     p.add_argument("--compile", action="store_true", help="torch.compile the fake quantizer")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--heartbeat", type=int, default=60, help="seconds between worker heartbeats")
-    p.add_argument("--grace", type=int, default=180, help="seconds before a silent trial is retried")
+    p.add_argument("--heartbeat", type=_positive, default=60, help="seconds between worker heartbeats")
+    p.add_argument("--grace", type=_positive, default=180, help="seconds before a silent trial is retried")
     p.add_argument("--threads", type=int, help="CPU threads for training and evaluation (default: every "
                    "CPU this process may use) and for the backend (default 1)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
@@ -254,7 +282,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     w = sub.add_parser("worker", help="join a study from another process or machine")
     w.add_argument("--study-name", required=True)
     w.add_argument("--storage", required=True)
-    w.add_argument("--trials", type=int, required=True, help="stop when the study has this many")
+    w.add_argument("--trials", type=_positive, required=True, help="stop when the study has this many")
     w.add_argument("--trial-dir", help="where this worker writes trial checkpoints")
     w.add_argument("--threads", type=int, help="CPU threads for this worker's training and evaluation "
                    "(the backend measures with the study's stored options)")

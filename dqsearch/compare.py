@@ -21,10 +21,12 @@ import torch
 
 from .atomic import write_json
 from .data import CropSampler, list_images, repo_data_dir, sample_images_dir
-from .evaluate import evaluate_checkpoint, results_json
+from .evaluate import evaluate_checkpoint, load_results, results_json
 from .models import load_checkpoint, resolve_checkpoint, save_checkpoint
 from .quant.wrap import QuantPolicy, calibrate, weight_bytes, wrap
 from .report import csv_table, markdown_table, plot_bits_heatmap, plot_rd, summary_rows
+from .schemas import SchemaError, read_text, study_file_schema, validate
+from .storage_url import sqlite_path
 from .train import RunSpec, TrainConfig, train
 
 METHOD_KINDS = ("fp32", "ptq", "qat", "fmpq", "study-front")
@@ -77,18 +79,21 @@ class Study:
     def load(cls, path: str | Path) -> Study:
         path = Path(path)
         try:
-            raw = tomllib.loads(path.read_text())
+            raw = tomllib.loads(read_text(path, "study file"))
         except FileNotFoundError:
             raise StudyError(f"study file {path} does not exist") from None
         except tomllib.TOMLDecodeError as e:
             raise StudyError(f"study file {path} is not valid TOML: {e}") from None
+        except (OSError, UnicodeDecodeError, SchemaError) as e:
+            raise StudyError(f"study file {path} cannot be read: {e}") from None
+        try:
+            validate(study_file_schema(), raw, f"study file {path}")
+        except SchemaError as e:
+            raise StudyError(str(e)) from None
         root = path.parent
 
-        def where(p: str | None, default: Path) -> Path:
-            if p is None:
-                return default
-            p = p.replace("{shared}", str(repo_data_dir())).replace("{samples}", str(sample_images_dir()))
-            return (root / p).resolve() if not Path(p).is_absolute() else Path(p)
+        def where(p: str | None, default: Path, key: str = "path") -> Path:
+            return default if p is None else inside(root, p, f"{path}: {key}")
 
         lat = raw.get("latency", {})
         bad_lat = set(lat) - {"tables", "measure", "input", "options"}
@@ -117,45 +122,96 @@ class Study:
             if kind == "study-front":
                 if "study" not in m:
                     raise StudyError(f"{path}: method {m['name']!r} of kind study-front needs 'study'")
-                cache = where(raw.get("cache") or raw.get("output"), root / raw["name"])
+                cache = where(raw.get("cache") or raw.get("output"), root / raw["name"], "cache")
                 storage = m.get("storage") or f"sqlite:///{cache / 'studies' / (m['study'] + '.db')}"
                 if str(storage).startswith("sqlite:///") and not str(storage).startswith("sqlite:////"):
-                    storage = "sqlite:///" + str(where(str(storage)[len("sqlite:///"):], root))
+                    storage = "sqlite:///" + str(where(str(storage)[len("sqlite:///"):], root, "storage"))
+                elif m.get("storage") and str(storage).startswith("sqlite:"):
+                    raise StudyError(f"{path}: method {m['name']!r}: storage {storage} is outside the "
+                                     "study's folder; give a relative sqlite:///NAME.db")
                 opts = {k: m[k] for k in _FRONT_KEYS if k in m}
                 methods.append(Method(m["name"], kind, None, {}, {**opts, "storage": storage}))
                 continue
             if kind == "fmpq":
                 fm = {k: m[k] for k in ("target_size", "target_latency", "latency_table") if k in m}
                 if "latency_table" in fm:
-                    fm["latency_table"] = str(where(fm["latency_table"], root))
+                    fm["latency_table"] = str(where(fm["latency_table"], root, "latency_table"))
                 methods.append(Method(m["name"], kind, None,
                                       {k: v for k, v in m.items() if k in _TRAIN_KEYS},
                                       {**fm, "bits": m.get("candidates", [4, 6, 8, 10, 16])}))
                 continue
             if kind != "fp32":
-                if "candidates" in m:
-                    policy = QuantPolicy.dynamic(m["candidates"], **pol_fields)
-                elif "bits" in pol_fields:
-                    policy = QuantPolicy(mode="fixed", **{**pol_fields, "bits": (pol_fields["bits"],)})
-                else:
-                    raise StudyError(f"{path}: method {m['name']!r} needs 'bits' or 'candidates'")
+                try:
+                    if "candidates" in m:
+                        policy = QuantPolicy.dynamic(m["candidates"], **pol_fields)
+                    elif "bits" in pol_fields:
+                        policy = QuantPolicy(mode="fixed", **{**pol_fields, "bits": (pol_fields["bits"],)})
+                    else:
+                        raise StudyError(f"{path}: method {m['name']!r} needs 'bits' or 'candidates'")
+                except StudyError:
+                    raise
+                except ValueError as e:
+                    raise StudyError(f"{path}: method {m['name']!r}: {e}") from None
             methods.append(Method(m["name"], kind, policy, {k: v for k, v in m.items() if k in _TRAIN_KEYS}))
         names = [m.name for m in methods]
+        _check_names(methods, path)
+        for spec in raw["family"]:
+            if not spec.startswith("embedded:"):
+                inside(root, spec, f"{path}: family")
         anchor = raw.get("anchor", names[0])
         if anchor not in names:
             raise StudyError(f"{path}: anchor {anchor!r} is not one of the methods {names}")
         return cls(
             name=raw["name"], description=raw.get("description", ""), root=root,
-            dataset=where(raw.get("dataset"), sample_images_dir()),
-            train_data=where(train_cfg.pop("data", None), repo_data_dir() / "train"),
+            dataset=where(raw.get("dataset"), sample_images_dir(), "dataset"),
+            train_data=where(train_cfg.pop("data", None), repo_data_dir() / "train", "train.data"),
             family=list(raw["family"]), anchor=anchor, methods=methods, train=train_cfg,
-            output=where(raw.get("output"), root / raw["name"]),
-            cache=where(raw.get("cache") or raw.get("output"), root / raw["name"]), limit=raw.get("limit"),
-            bd_method=raw.get("bd_method", "pchip"),
-            latency_tables=[where(t, root) for t in lat.get("tables", [])],
+            output=where(raw.get("output"), root / raw["name"], "output"),
+            cache=where(raw.get("cache") or raw.get("output"), root / raw["name"], "cache"),
+            limit=raw.get("limit"), bd_method=raw.get("bd_method", "pchip"),
+            latency_tables=[where(t, root, "latency.tables") for t in lat.get("tables", [])],
             measure=list(lat.get("measure", [])), measure_input=lat.get("input", "768x512"),
             backend_options=dict(lat.get("options", {})),
         )
+
+
+PLACEHOLDERS = {"{shared}": repo_data_dir, "{samples}": sample_images_dir,
+                "{latency_models}": lambda: Path(__file__).resolve().parents[1] / "latency_models"}
+
+
+def inside(root: Path, text: str, what: str) -> Path:
+    """A path from a study file: under a placeholder folder ({shared}, {samples},
+    {latency_models}) or inside the study file's folder. Absolute paths and `..` escapes are
+    refused: a study file from someone else must not read or write elsewhere on this machine."""
+    for key, folder in PLACEHOLDERS.items():
+        if text.startswith(key):
+            base = folder().resolve()
+            rest = text[len(key):].lstrip("/")
+            break
+    else:
+        base, rest = root.resolve(), text
+    if Path(rest).is_absolute() or "{" in rest:
+        raise StudyError(f"{what}: {text!r} is an absolute path; study files take paths relative to "
+                         f"their folder ({root}) or under {{shared}}, {{samples}}, {{latency_models}}")
+    resolved = (base / rest).resolve()
+    if not resolved.is_relative_to(base):
+        raise StudyError(f"{what}: {text!r} leaves {base}; study files take paths inside their "
+                         "folder (or under {shared}, {samples}, {latency_models})")
+    return resolved
+
+
+def _check_names(methods: list[Method], path: Path) -> None:
+    """Method names are table rows and, as slugs, cache folders: both must be unique."""
+    seen: dict[str, str] = {}
+    for m in methods:
+        if not m.slug:
+            raise StudyError(f"{path}: method name {m.name!r} has no letters or digits; it names files")
+        if m.slug in seen:
+            clash = (f"method name {m.name!r} is given twice" if seen[m.slug] == m.name else
+                     f"methods {seen[m.slug]!r} and {m.name!r} share the file name {m.slug!r}")
+            raise StudyError(f"{path}: {clash}: rename one (each method has its own results and "
+                             "checkpoints)")
+        seen[m.slug] = m.name
 
 
 def _family_checkpoint(study: Study, spec: str) -> Path:
@@ -273,6 +329,9 @@ def _run_front_study(study: Study, method: Method, progress: bool) -> None:
         measure=bool(o["measure"]) if "measure" in o else timed_backend(backend),
         seed=int(o.get("seed", 0)),
         compile=bool(train.get("compile", False)))
+    db = sqlite_path(o["storage"])
+    if db is not None and db.resolve().is_relative_to(study.root.resolve()):
+        db.parent.mkdir(parents=True, exist_ok=True)  # inside the study's folder (checked by load)
     run_trials(create_study(o["study"], o["storage"], config), config, int(o.get("trials", 8)), progress)
 
 
@@ -320,7 +379,7 @@ def run_study(study: Study, only: list[str] | None = None, progress: bool = True
         res_path = study.output / f"{method.slug}.json"
         if only and method.name not in only:
             if res_path.exists():
-                results[method.name] = json.loads(res_path.read_text())
+                results[method.name] = load_results(res_path)
             continue
         points = []
         for ck_path in method_checkpoints(study, method, progress):
@@ -351,7 +410,7 @@ def report_from_saved(study: Study) -> dict[str, Any]:
         if not path.exists():
             raise StudyError(f"{method.name!r} has no saved results ({path}); run "
                              f"`dqsearch compare` on study {study.name!r} first")
-        results[method.name] = json.loads(path.read_text())
+        results[method.name] = load_results(path)
     return write_report(study, results)
 
 

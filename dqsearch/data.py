@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
+from .atomic import atomic_write
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 MAX_PIXELS = 64 * 1024 * 1024  # refuse decompression bombs before decoding them
 
@@ -112,8 +114,9 @@ def save_image(x: Tensor, path: str | Path) -> None:
     if x.dim() == 4:
         x = x[0]
     arr = (x.detach().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy())
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr, "RGB").save(path)
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
+    image = Image.fromarray(arr, "RGB")
+    atomic_write(path, lambda f: image.save(f, format=fmt))  # a killed save leaves no half image
 
 
 def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int, int, int]]:

@@ -74,7 +74,7 @@ def evaluate_image(ck: LoadedCheckpoint, path: Path) -> tuple[ImageResult, torch
     """Encode, decode and measure one image; returns the result and the decoded image."""
     model = ck.model.eval()
     x = load_image(path).unsqueeze(0)
-    enc = encode(model, ck.model_id, x)
+    enc = encode(model, ck.model_id, x, f"image {path}")  # the memory check names the file
     t0 = time.perf_counter()
     x_hat, _ = decode(model, ck.model_id, enc.data)
     dec_s = time.perf_counter() - t0
@@ -147,20 +147,39 @@ def results_json(name: str, points: Sequence[dict[str, Any]], description: str =
 # --- BD-rate ---------------------------------------------------------------------------------------
 def read_curve(path: str | Path, metric: str = "psnr-rgb") -> tuple[list[float], list[float]]:
     """(bpp, metric) lists from a CompressAI-format results JSON, with a clear error when unusable."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read results file {path}: {e}") from None
-    results = data.get("results", data) if isinstance(data, dict) else None
-    if not isinstance(results, dict) or "bpp" not in results or metric not in results:
-        raise ValueError(f"{path} has no 'results' with 'bpp' and '{metric}' (CompressAI format)")
+    data = load_results(path, metric)
+    results = data["results"]
+    if metric not in results:
+        raise ValueError(f"{path} has no '{metric}' in 'results' (CompressAI format); it has "
+                         f"{sorted(results)}")
     bpp, dist = results["bpp"], results[metric]
-    if len(bpp) != len(dist) or any(v is None for v in dist):
+    if not isinstance(dist, list) or len(bpp) != len(dist) or any(v is None for v in dist):
         raise ValueError(f"{path}: '{metric}' is missing for some RD points")
     if metric == "ms-ssim-rgb":  # BD on MS-SSIM in dB, as CompressAI plots it
         dist = [-10 * math.log10(1 - v) for v in dist]
     return list(bpp), list(dist)
+
+
+def load_results(path: str | Path, metric: str = "psnr-rgb") -> dict[str, Any]:
+    """A results JSON (CompressAI format), validated by its schema; ValueError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"results file {path} does not exist")
+    from .schemas import ResultsSchema, SchemaError, read_text, validate
+
+    try:
+        data = json.loads(read_text(path, "results file"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, SchemaError) as e:
+        raise ValueError(f"cannot read results file {path}: {e}") from None
+    if isinstance(data, dict) and "results" not in data and "bpp" in data:
+        data = {"results": data}  # a bare results block
+
+    try:
+        validate(ResultsSchema, data, f"results file {path}")
+    except SchemaError as e:
+        raise ValueError(f"{e}; expected CompressAI format: {{\"results\": {{\"bpp\": [...], "
+                         f"\"{metric}\": [...]}}}}") from None
+    return data
 
 
 def bd_rate(anchor: tuple[Sequence[float], Sequence[float]], test: tuple[Sequence[float], Sequence[float]],

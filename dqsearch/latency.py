@@ -27,7 +27,8 @@ import torch
 from torch import Tensor
 
 from .atomic import write_json
-from .backends.base import LayerSpec, Measurement
+from .backends.base import LayerSpec, Measurement, parse_input_shape
+from .schemas import LatencyTableSchema, SchemaError, read_text, validate
 
 FORMAT = "dqsearch-latency-table"
 VERSION = 1
@@ -241,8 +242,10 @@ class LatencyTable:
         if not path.is_file():
             raise FileNotFoundError(f"latency table {path} does not exist; create it with `dqsearch profile`")
         try:
-            raw = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
+            raw = json.loads(read_text(path, "latency table"))
+        except SchemaError as e:
+            raise LatencyTableError(str(e)) from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise LatencyTableError(f"{path} is not valid JSON ({e}); re-run `dqsearch profile`") from None
         table = cls.from_dict(raw, str(path))
         table.path = path
@@ -270,9 +273,17 @@ class LatencyTable:
         if raw.get("version") != VERSION:
             raise fail("version", f"must be {VERSION}, got {raw.get('version')!r}; re-profile with "
                        "this dqsearch")
+        try:
+            validate(LatencyTableSchema, raw, where)
+        except SchemaError as e:
+            raise LatencyTableError(str(e)) from None
         meta = raw.get("metadata")
         if not isinstance(meta, dict):
             raise fail("metadata", "is missing or not an object")
+        try:
+            parse_input_shape(meta["input_shape"])
+        except ValueError as e:
+            raise fail("metadata.input_shape", str(e).split(": ", 1)[-1]) from None
         for key, typ in (("backend", str), ("input_shape", list), ("containers", dict), ("bits", list)):
             if not isinstance(meta.get(key), typ):
                 raise fail(f"metadata.{key}", f"is missing or not a {typ.__name__}")
@@ -320,5 +331,14 @@ class LatencyTable:
                     isinstance(v, (int, float)) and math.isfinite(v) for v in t["cost"].values()):
                 raise fail(f"transitions[{i}].cost", "must map 'a>b' container pairs to numbers (ms)")
             cost = {k: float(v) for k, v in t["cost"].items()}
+            names = set(meta["containers"].values()) | set(meta.get("capabilities", {}).values())
+            for k, v in cost.items():
+                a, _, b = k.partition(">")
+                if a not in names or b not in names or a == b:
+                    raise fail(f"transitions[{i}].cost.{k}", f"must name two different containers of "
+                               f"the table ({sorted(names)}) as 'a>b'")
+                if v < 0 and meta.get("method") != "in-context":
+                    raise fail(f"transitions[{i}].cost.{k}", f"is {v} ms: a measured transition cannot "
+                               "save time (only in-context tables, whose costs are fitted, may be < 0)")
             table.transitions.append(Transition(t["from"], t["to"], cost))
         return table

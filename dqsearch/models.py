@@ -7,6 +7,7 @@ for FP32), the state dict, metadata, and optionally the training state for `--re
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from compressai.models.base import CompressionModel
 
 from .atomic import atomic_write
 from .quant.wrap import QuantPolicy, wrap
+from .schemas import CheckpointSchema, SchemaError, validate
 
 ARCHITECTURES: dict[str, type[CompressionModel]] = {
     "bmshj2018-factorized": FactorizedPrior,
@@ -163,6 +165,9 @@ def load_checkpoint(path: str | Path, with_train_state: bool = False) -> LoadedC
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.stat().st_size > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"checkpoint {path} is {path.stat().st_size / 2**30:.1f} GiB, more than any "
+                              f"model this tool builds ({MAX_CHECKPOINT_BYTES // 2**30} GiB at most)")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, truncation, zip errors, unsafe globals
@@ -172,14 +177,23 @@ def load_checkpoint(path: str | Path, with_train_state: bool = False) -> LoadedC
     if raw.get("version") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} has checkpoint format {raw.get('version')}, this dqsearch "
                               f"reads format {CHECKPOINT_FORMAT}")
-    for key, typ in (("architecture", str), ("arch_args", dict), ("state_dict", dict), ("meta", dict)):
-        if not isinstance(raw.get(key), typ):
-            raise CheckpointError(f"checkpoint {path}: field {key!r} is missing or not a {typ.__name__}")
     try:
+        validate(CheckpointSchema, raw, f"checkpoint {path}")
+    except SchemaError as e:
+        raise CheckpointError(str(e)) from None
+    if raw["architecture"] not in ARCHITECTURES:
+        raise CheckpointError(f"checkpoint {path}: architecture {raw['architecture']!r} is not one of "
+                              f"{', '.join(ARCHITECTURES)}")
+    try:  # every size is bounded by the schema before anything is built from it
         model = build_model(raw["architecture"], **raw["arch_args"])
         policy = QuantPolicy.from_dict(raw["policy"]) if raw.get("policy") else None
         if policy is not None:
             wrap(model, policy)
+    except (ValueError, RuntimeError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"checkpoint {path}: its model or quantization policy is invalid: "
+                              f"{str(e)[:300]}") from None
+    check_state_dict(raw["state_dict"], model, path)
+    try:
         sd = {k: v.float() if v.is_floating_point() else v for k, v in raw["state_dict"].items()}
         constants = {k: v for k, v in model.state_dict().items() if k.endswith(CONSTANT_BUFFERS)}
         sd.update({k: v for k, v in constants.items() if k in sd})
@@ -194,12 +208,68 @@ def load_checkpoint(path: str | Path, with_train_state: bool = False) -> LoadedC
             if missing or unexpected:
                 raise RuntimeError(f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
     except (ValueError, RuntimeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"checkpoint {path} does not fit its declared model: {e}") from None
-    model.update(force=True)  # entropy-coder tables; recomputed so fp16 files give valid CDFs
+        raise CheckpointError(f"checkpoint {path} does not fit its declared model: {str(e)[:300]}") from None
+    try:  # entropy-coder tables; recomputed so fp16 files give valid CDFs
+        model.update(force=True)
+    except (ValueError, RuntimeError, MemoryError, OverflowError) as e:
+        raise CheckpointError(f"checkpoint {path}: its entropy models do not give usable coding "
+                              f"tables ({type(e).__name__}: {str(e)[:200]})") from None
     meta = dict(raw["meta"])
     meta["model_id"] = meta.get("model_id") or state_dict_digest(raw["state_dict"])
+    if with_train_state and raw.get("train_state") is not None:
+        ts = raw["train_state"]
+        if not isinstance(ts.get("config"), dict) or isinstance(ts.get("step"), bool) \
+                or not isinstance(ts.get("step"), int) or ts["step"] < 0:
+            raise CheckpointError(f"checkpoint {path}: train_state needs a 'config' object and a "
+                                  "non-negative integer 'step'")
     return LoadedCheckpoint(model, raw["architecture"], dict(raw["arch_args"]), policy, meta,
                             raw.get("train_state") if with_train_state else None, path)
+
+
+# Bounds on what a checkpoint may declare for the lazily sized entropy buffers, checked before
+# `update()` turns them into coding tables (a quantile spread of 1e9 would ask for terabytes).
+MAX_CHECKPOINT_BYTES = 4 * 2**30  # N = M = 512 with training state is far below this
+MAX_LAZY_NUMEL = 1 << 22
+MAX_QUANTILE_SPREAD = 1 << 14  # symbols per channel; CompressAI's 16-bit CDFs cannot use more
+MAX_SCALE = 1 << 12
+
+
+def check_state_dict(sd: dict[str, Any], model: torch.nn.Module, path: Path) -> None:
+    """Every entry a finite tensor with the model's shape (or, for buffers CompressAI sizes lazily,
+    a bounded size), and entropy parameters that give coding tables of a sane size; before any
+    tensor is converted, expanded or used."""
+    def fail(key: str, problem: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint {path} does not fit its declared model: state_dict[{key!r}] "
+                               f"{problem}")
+
+    expected = model.state_dict()
+    for key, t in sd.items():
+        if not isinstance(t, torch.Tensor):
+            raise fail(key, f"is a {type(t).__name__}, not a tensor")
+        if key not in expected:
+            close = difflib.get_close_matches(key, list(expected), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise fail(key, f"is not a parameter of the declared model{hint}")
+        if t.dtype.is_complex or t.dtype == torch.bool:
+            raise fail(key, f"has dtype {t.dtype}")
+        want = expected[key]
+        if want.numel() > 0 and tuple(t.shape) != tuple(want.shape):
+            raise fail(key, f"has shape {list(t.shape)}, the model needs {list(want.shape)}")
+        if want.numel() == 0 and (t.dim() > 3 or t.numel() > MAX_LAZY_NUMEL):
+            raise fail(key, f"has shape {list(t.shape)}, far beyond an entropy-coder table")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise fail(key, "holds NaN or infinite values")
+    for key, t in sd.items():
+        if key.endswith("quantiles") and t.dim() == 3 and t.shape[-1] == 3:
+            q = t.double()
+            lo, med, hi = q[..., 0], q[..., 1], q[..., 2]
+            if bool((lo > med).any() or (med > hi).any()):
+                raise fail(key, "is not ordered (lower ≤ median ≤ upper for every channel)")
+            if float((hi - lo).max()) > MAX_QUANTILE_SPREAD:
+                raise fail(key, f"spans {float((hi - lo).max()):.3g} symbols in a channel; coding tables "
+                           f"hold at most {MAX_QUANTILE_SPREAD}")
+        if key.endswith("scale_table") and t.numel() and (float(t.min()) <= 0 or float(t.max()) > MAX_SCALE):
+            raise fail(key, f"must hold positive scales up to {MAX_SCALE}")
 
 
 # --- the bundled family -------------------------------------------------------------------------

@@ -22,7 +22,6 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import optuna
 import sqlalchemy.exc
@@ -38,6 +37,7 @@ from .latency_term import LatencyTerm, check_table_matches
 from .models import LoadedCheckpoint, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .quant.wrap import QuantPolicy, wrap
 from .sampler import SAMPLERS, make_sampler
+from .storage_url import check_sqlite_folder, redact, scrub
 from .train import RunSpec, TrainConfig, train
 
 CONFIG_ATTR = "dqsearch_config"
@@ -113,26 +113,51 @@ class StudyConfig:
             raise StudyError(f"γ range must be positive and ordered, got {self.gamma}")
         if not (0 <= self.eta[0] <= self.eta[1]):
             raise StudyError(f"η range must be non-negative and ordered, got {self.eta}")
+        self._check_sizes()
+
+    def _check_sizes(self) -> None:
+        """Counts and bit-widths checked now, not after a whole trial has run."""
+        from .quant.quantizer import check_bits
+
+        for name, flag in (("steps", "steps"), ("batch_size", "batch-size"), ("val_limit", "val-limit"),
+                           ("heartbeat_s", "heartbeat"), ("grace_s", "grace")):
+            if getattr(self, name) < 1:
+                raise StudyError(f"--{flag} must be at least 1, got {getattr(self, name)}")
+        if not (self.target_ms > 0 and math.isfinite(self.target_ms)):
+            raise StudyError(f"the target latency must be a positive number of ms, got {self.target_ms}")
+        if self.crop < 64 or self.crop % 64:
+            raise StudyError(f"crop must be a multiple of 64 (the models' total stride), got {self.crop}")
+        if not 0 < self.val_fraction < 1:
+            raise StudyError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+        if not self.bit_sets:
+            raise StudyError("a study needs at least one candidate bit-set")
+        for s in self.bit_sets:
+            try:
+                for b in s:
+                    check_bits(b)
+            except ValueError as e:
+                raise StudyError(f"bit-set {','.join(map(str, s))}: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StudyConfig:
+        """The stored configuration, type-checked (a study database may come from elsewhere)."""
+        from pydantic import TypeAdapter, ValidationError
+
+        from .schemas import describe
+
+        if not isinstance(d, dict):
+            raise StudyError(f"the stored study configuration is a {type(d).__name__}, not an object")
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        try:
+            return TypeAdapter(cls).validate_python({k: v for k, v in d.items() if k in names})
+        except ValidationError as e:
+            raise StudyError(describe(cls, e, "stored study configuration")) from None
 
 
 # --- storage ------------------------------------------------------------------------------------
-def redact(url: str) -> str:
-    """A storage URL with its password replaced, safe for logs and result files."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def default_storage(output: Path, name: str) -> str:
     output.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{(output / f'{name}.db').resolve()}"
@@ -140,16 +165,18 @@ def default_storage(output: Path, name: str) -> str:
 
 def make_storage(url: str, heartbeat_s: int = 60, grace_s: int = 180, max_retry: int = 2) -> RDBStorage:
     """RDB storage (SQLite or PostgreSQL) with heartbeats and retry of stale trials."""
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        check_sqlite_folder(url)
+    except FileNotFoundError as e:
+        raise StudyError(str(e)) from None
     # pool_pre_ping replaces connections a database restart has killed instead of failing on them
     engine = {} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
         return RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=grace_s, engine_kwargs=engine,
                           failed_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry))
     except Exception as e:  # bad URL, driver missing, server down
-        raise StudyError(f"cannot open study storage {redact(url)}: {type(e).__name__}: "
-                         f"{str(e).replace(url, redact(url)).splitlines()[0]}") from None
+        first = (scrub(str(e), url).splitlines() or [""])[0][:300]
+        raise StudyError(f"cannot open study storage {redact(url)}: {type(e).__name__}: {first}") from None
 
 
 def _directions(config: StudyConfig) -> list[str]:

@@ -68,6 +68,11 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.gamma < 0:
             raise ValueError(f"gamma must be non-negative, got {self.gamma}")
+        if self.crop < 64 or self.crop % 64:
+            raise ValueError(f"crop must be a multiple of 64 (the models' total stride), got {self.crop}")
+        if self.batch_size > 1024 or self.crop > 4096:
+            raise ValueError(f"batch size {self.batch_size} × crop {self.crop} is beyond any training run "
+                             "this tool supports (batch ≤ 1024, crop ≤ 4096)")
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:

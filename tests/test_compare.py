@@ -100,7 +100,8 @@ def test_report_only_rewrites_the_table_without_running(study_file, capsys):
     ('name = "x"\nfamily = []\n', "missing field 'methods'"),
     ('name = "x"\nfamily = []\n[[methods]]\nname = "a"\nkind = "magic"\n', "kind"),
     ('name = "x"\nfamily = []\n[[methods]]\nname = "a"\n', "needs 'bits' or 'candidates'"),
-    ('name = "x"\nfamily = []\n[[methods]]\nname = "a"\nbits = 8\nbogus = 1\n', "unknown fields"),
+    ('name = "x"\nfamily = []\n[[methods]]\nname = "a"\nbits = 8\nbogus = 1\n',
+     "unknown field .methods.0..bogus"),
     ('name = "x"\nfamily = []\nanchor = "z"\n[[methods]]\nname = "a"\nkind = "fp32"\n', "anchor"),
     ("name = ", "not valid TOML"),
 ])

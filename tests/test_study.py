@@ -1,6 +1,8 @@
 """The hardware-aware study end to end on tiny real models and the simulated BitFusion backend."""
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -133,21 +135,23 @@ def test_compare_runs_a_study_front_with_latency_columns(family, table_path, tmp
     from dqsearch.compare import Study, run_study
 
     target = LatencyTable.load(table_path).predict({n: 8 for n in LatencyTable.load(table_path).layer_names})
+    for f in (*family, table_path):  # a study file reads only inside its folder (or placeholders)
+        shutil.copyfile(f, tmp_path / Path(f).name)
     toml = tmp_path / "cmp.toml"
     toml.write_text(f'''
 name = "cmp"
-dataset = "{sample_images_dir()}"
+dataset = "{{samples}}"
 limit = 1
-family = {family!r}
+family = {[Path(f).name for f in family]!r}
 anchor = "FP32"
 output = "out"
 [train]
-data = "{sample_images_dir()}"
+data = "{{samples}}"
 batch_size = 2
 crop = 64
 calibration_batches = 1
 [latency]
-tables = ["{table_path}"]
+tables = ["{Path(table_path).name}"]
 measure = ["sim-bitfusion"]
 input = "64x64"
 [[methods]]

@@ -212,6 +212,10 @@ class ModelTrace:
         return [s.name for s in self.layers]
 
 
+MAX_INPUT_BATCH = 16
+MAX_INPUT_PIXELS = 16 * 2**20  # per image: a latency table for larger inputs is not useful
+
+
 def parse_input_shape(shape: str | Sequence[int]) -> tuple[int, int, int, int]:
     """`"768x512"` (H×W), `(H, W)` or `(N, C, H, W)` → (N, C, H, W) with N=1, C=3 by default."""
     if isinstance(shape, str):
@@ -225,6 +229,10 @@ def parse_input_shape(shape: str | Sequence[int]) -> tuple[int, int, int, int]:
         dims = (1, 3, *dims)
     if len(dims) != 4 or min(dims) < 1:
         raise ValueError(f"input size {shape!r}: expected HxW or N,C,H,W with positive sizes")
+    n, c, h, w = dims
+    if n > MAX_INPUT_BATCH or c != 3 or h * w > MAX_INPUT_PIXELS:
+        raise ValueError(f"input size {shape!r}: latency is profiled on one to {MAX_INPUT_BATCH} RGB "
+                         f"images of at most {MAX_INPUT_PIXELS // 2**20} MP")
     return dims  # type: ignore[return-value]
 
 
@@ -300,9 +308,15 @@ def trace_model(model: nn.Module, input_shape: str | Sequence[int]) -> ModelTrac
     try:
         device = next(model.parameters()).device
         model(torch.rand(shape, device=device))
+    except MemoryError:
+        raise ValueError(f"not enough memory to run the model at input size {shape[2]}x{shape[3]}; "
+                         "profile a smaller --input") from None
     except RuntimeError as e:
-        raise ValueError(f"the model cannot run at input size {shape[2]}x{shape[3]} ({e}); CompressAI "
-                         "models need height and width divisible by 64") from None
+        if "alloc" in str(e).lower() or "out of memory" in str(e).lower():
+            raise ValueError(f"not enough memory to run the model at input size {shape[2]}x{shape[3]}"
+                             "; profile a smaller --input") from None
+        raise ValueError(f"the model cannot run at input size {shape[2]}x{shape[3]} ({str(e)[:200]}); "
+                         "CompressAI models need height and width divisible by 64") from None
     finally:
         for h in hooks:
             h.remove()

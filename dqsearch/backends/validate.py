@@ -78,6 +78,10 @@ def validate_table(table: LatencyTable, backend: Backend, model: nn.Module, samp
         raise ValueError(f"--samples must be at least 1, got {samples}")
     shape = tuple(table.metadata["input_shape"])
     stat = table.statistic
+    unmeasured = [name for name in table.layer_names if not table.bits(name)]
+    if unmeasured or not table.layer_names:
+        raise ValueError(f"{table.path or 'latency table'}: layers {unmeasured[:3] or '(none)'} have no "
+                         "measurements; finish the table with `dqsearch profile --resume`")
     ref = {name: max(table.bits(name)) for name in table.layer_names}
     pred_ref = table.predict(ref)
     report = ValidationReport(backend.name, str(table.path or "table"), tolerance)

@@ -7,13 +7,14 @@ from pathlib import Path
 import torch
 
 from ..atomic import write_bytes
-from ..codec import BitstreamError, Encoded, Header
+from ..codec import BitstreamError, Encoded, Header, check_output, read_stream
 from ..data import load_image
 from .runtime import Runtime
 
 
 def compress_file(folder: str | Path, image_path: str | Path, output: str | Path, threads: int = 1
                   ) -> tuple[Encoded, dict]:
+    check_output(output, image_path)
     runtime = Runtime(folder, threads)
     enc, info = runtime.encode(load_image(image_path))
     write_bytes(output, enc.data)
@@ -23,7 +24,8 @@ def compress_file(folder: str | Path, image_path: str | Path, output: str | Path
 
 def decompress_file(folder: str | Path, path: str | Path, threads: int = 1
                     ) -> tuple[torch.Tensor, Header, dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise BitstreamError(f"{path} does not exist")
-    return Runtime(folder, threads).decode(path.read_bytes())
+    data = read_stream(path)
+    try:
+        return Runtime(folder, threads).decode(data)
+    except BitstreamError as e:
+        raise BitstreamError(f"{path}: {e}") from None

@@ -13,13 +13,15 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
 import torch
 
-from ..codec import PAD_MULTIPLE, BitstreamError, Encoded, Header, pack, unpack
+from ..codec import PAD_MULTIPLE, BitstreamError, Encoded, Header, check_memory, pack, unpack
 from ..data import crop_padding, pad_to_multiple
+from ..streamcheck import Layout, LayoutError, check_stream, padded
 from .artifact import ProfileArtifact, Store
 
 
@@ -109,6 +111,10 @@ class Runtime:
                                 "session_seconds": lo.prepare(missing)})
         return lo
 
+    def _width(self) -> SimpleNamespace:
+        """The exported model's N, for the memory estimate of `codec.check_memory`."""
+        return SimpleNamespace(N=int(self.manifest.get("arch_args", {}).get("N", 192)))
+
     # --- hyperprior -----------------------------------------------------------------------------
     def _entropy_parameters(self, lo: Loaded, z_hat: torch.Tensor, hyper: str
                             ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -132,6 +138,7 @@ class Runtime:
         if image.shape[0] != 1 or image.shape[1] != 3:
             raise ValueError(f"expected one RGB image, got a tensor of shape {tuple(image.shape)}")
         _, _, h, w = image.shape
+        check_memory(self._width(), h, w, "image")
         t0 = time.perf_counter()
         x, _ = pad_to_multiple(image, PAD_MULTIPLE)
         bits = tuple(bits) if bits is not None else self.store.choose_profile(x)
@@ -174,27 +181,36 @@ class Runtime:
         if len(header.profile_bits) != len(self.store.layer_names):
             raise BitstreamError(f"file has {len(header.profile_bits)} layer bit-widths, the model has "
                                  f"{len(self.store.layer_names)} quantized layers")
+        hp = -(-header.height // PAD_MULTIPLE) * PAD_MULTIPLE
+        wp = -(-header.width // PAD_MULTIPLE) * PAD_MULTIPLE
+        z_symbols = int(self.entropy_bottleneck.channels) * (hp // 64) * (wp // 64)
+        try:  # y's symbol count is only known from the indexes, so its length is checked first
+            y_string, z_string = check_stream(Layout([hp // 64, wp // 64], (0, z_symbols)), wp, hp,
+                                              strings, shape)
+        except LayoutError as e:
+            raise BitstreamError(str(e)) from None
+        check_memory(self._width(), header.height, header.width, "bitstream")
         n_events = len(self.events)
         lo = self.loaded(header.profile_bits, ("h_s_int" if header.hyper == "integer" else "h_s", "g_s"))
         now = timer(self.threads)
         times: dict[str, float] = {}
         try:
             t = now()
-            z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
+            z_hat = self.entropy_bottleneck.decompress([padded(z_string, z_symbols)], shape)
             times["entropy"] = now() - t
             t = now()
             indexes, means = self._entropy_parameters(lo, z_hat, header.hyper)
             times["h_s"] = now() - t
             t = now()
-            y_hat = self.gaussian_conditional.decompress(strings[0], indexes, z_hat.dtype, means=means)
+            y_hat = self.gaussian_conditional.decompress([padded(y_string, indexes.numel())], indexes,
+                                                         z_hat.dtype, means=means)
             times["entropy"] += now() - t
-        except (RuntimeError, ValueError, IndexError, TypeError, KeyError) as e:
-            raise BitstreamError(f"entropy-coded payload does not decode ({type(e).__name__}: {e})") from None
+        except (RuntimeError, ValueError, IndexError, TypeError, KeyError, AssertionError) as e:
+            raise BitstreamError(f"entropy-coded payload does not decode ({type(e).__name__}: "
+                                 f"{str(e)[:200]})") from None
         t = now()
         x_hat = torch.from_numpy(lo.run("g_s", y_hat.numpy()))
         times["g_s"] = now() - t
-        hp = -(-header.height // PAD_MULTIPLE) * PAD_MULTIPLE
-        wp = -(-header.width // PAD_MULTIPLE) * PAD_MULTIPLE
         if tuple(x_hat.shape[-2:]) != (hp, wp):
             raise BitstreamError(f"decoded size {tuple(x_hat.shape[-2:])} does not match the header")
         _, pad = pad_to_multiple(torch.empty(1, 1, header.height, header.width), PAD_MULTIPLE)

@@ -165,3 +165,24 @@ def test_mean_scale_and_fp32_models_round_trip(tmp_path, sample_paths, image, ar
     assert psnr(ref, x_hat) > 50
     with pytest.raises(ValueError, match="--hyper float"):
         export_folder(path, tmp_path / "dep2")
+
+
+def test_runtime_refuses_crafted_streams_and_decodes_short_ones_deterministically(exported, torch_model,
+                                                                                  image):
+    """The export's decoder gets the same stream checks and zero padding as `codec.decode`."""
+    from dqsearch.codec import Header, pack, unpack
+    from dqsearch.fuzzing import run_forked
+
+    model, model_id = torch_model
+    header = unpack(encode(model, model_id, image).data)[0]
+    runtime = Runtime(exported["exact"])
+    big = Header(header.model_id, 1024, 1024, header.profile_bits)
+    with pytest.raises(BitstreamError, match="0 bytes"):
+        runtime.decode(pack(big, [[b""], [b""]], [16, 16]))
+    with pytest.raises(BitstreamError, match="latent shape"):
+        runtime.decode(pack(big, [[b"\0" * 8], [b"\0" * 8]], [4096, 4096, 1, 1]))
+    short = pack(Header(header.model_id, 256, 256, header.profile_bits), [[b"\x5a" * 8], [b"\xa5" * 8]],
+                 [4, 4])
+    dec = lambda b: runtime.decode(b)[0]  # noqa: E731
+    digests = {run_forked(dec, short, 120, (BitstreamError,), dirty=s).digest for s in range(2)}
+    assert len(digests) == 1 and "" not in digests
