@@ -105,9 +105,11 @@ def test_killed_worker_trial_is_retried(storage_url, family, table_path, tmp_pat
     a, b = _worker(postgres_url, name, n), _worker(postgres_url, name, n)
     study, _ = load_study(name, postgres_url)
     deadline = time.time() + 120
-    while time.time() < deadline and not study.get_trials(states=(TrialState.RUNNING,)):
+    # both workers have a trial under way (a worker still importing torch when the other starts
+    # would otherwise be killed with nothing to retry)
+    while time.time() < deadline and len(study.get_trials(states=(TrialState.RUNNING,))) < 2:
         time.sleep(0.2)
-    time.sleep(1.5)  # a trial is under way in each worker
+    time.sleep(1.5)
     a.send_signal(signal.SIGKILL)
     a.wait()
     out, _ = b.communicate(timeout=600)
