@@ -7,6 +7,7 @@ the board cannot be set up (no qemu-user-static and no root to install it, no ne
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -110,6 +111,16 @@ def board(tmp_path_factory) -> Iterator[int]:
         stop(tracker)
 
 
+@pytest.fixture(autouse=True)
+def _release_sessions() -> Iterator[None]:
+    """The board serves one RPC session at a time, and a session closes only when its object is
+    collected: collect before and after each test, or the next request waits on the tracker for a
+    board an earlier test still holds (seen in the full suite, where collection came later)."""
+    gc.collect()
+    yield
+    gc.collect()
+
+
 def _listening(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), 1).close()
@@ -142,6 +153,7 @@ def test_kernels_run_on_aarch64_and_match_the_reference(board: int, tmp_path, op
     dev = sess.cpu()
     vm = relax.VirtualMachine(sess.load_module(lib.name), dev)
     got = vm["main"](tvm.runtime.tensor(x, dev)).numpy()
+    del vm, dev, sess  # free the board for the next test
     assert got.shape == tuple(spec.output_shape)
     if container == "int8":
         q = kernels.quantize_weights(spec, weight, container, absmax)
@@ -164,6 +176,7 @@ def test_tuning_over_rpc_on_aarch64(board: int, tmp_path) -> None:
                   tuning_db=str(tmp_path), repeats=2, min_repeats=1, min_repeat_ms=1, budget_seconds=0.2)
     m = backend.profile_layer(conv_spec("l", 8, 8), 8)
     assert m.median > 0 and backend.tuner.tuned_seconds > 0 and not backend.untuned_kernels
+    del backend  # free the board for the next test
 
 
 def test_profile_and_validate_on_aarch64(board: int, tmp_path, capsys) -> None:
