@@ -2,7 +2,10 @@
 
 L_lat is normalised by the target so η is comparable across devices: `linear` is E[T]/T_target,
 `hinge` is max(0, E[T]/T_target − 1) (no push once the budget is met). E[T] comes from a latency
-table measured for this model and input size (`LatencyTable.expected_latency_of`).
+table measured for this model and input size (`LatencyTable.expected_latency_of`). The budget holds
+for every image, so by default the hinge is taken per image and then averaged: an image already
+under budget is not pushed further because another image is over it (`per_image=False`: the
+hinge of the batch mean, as before).
 """
 
 from __future__ import annotations
@@ -54,12 +57,14 @@ def check_table_matches(table: LatencyTable, model: nn.Module) -> None:
 class LatencyTerm:
     """Callable loss term for `train(loss_terms=...)`: returns ("latency", η·L_lat)."""
 
-    def __init__(self, table: LatencyTable, target_ms: float, weight: float, form: str = "hinge"):
+    def __init__(self, table: LatencyTable, target_ms: float, weight: float, form: str = "hinge",
+                 per_image: bool = True):
         if form not in FORMS:
             raise ValueError(f"latency loss form must be one of {FORMS}, got {form!r}")
         if weight < 0:
             raise ValueError(f"latency weight η must be non-negative, got {weight}")
         self.table, self.target_ms, self.weight, self.form = table, float(target_ms), weight, form
+        self.per_image = per_image
         self.last_expected_ms: float | None = None
 
     def normalised(self, expected_ms: Tensor) -> Tensor:
@@ -67,6 +72,8 @@ class LatencyTerm:
         return ratio if self.form == "linear" else torch.relu(ratio - 1.0)
 
     def __call__(self, model: nn.Module) -> tuple[str, Tensor]:
-        expected = self.table.expected_latency_of(model).mean()
-        self.last_expected_ms = float(expected.detach())
-        return "latency", self.weight * self.normalised(expected)
+        expected = self.table.expected_latency_of(model)
+        self.last_expected_ms = float(expected.detach().mean())
+        if self.per_image:
+            return "latency", self.weight * self.normalised(expected).mean()
+        return "latency", self.weight * self.normalised(expected.mean())
