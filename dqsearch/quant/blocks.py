@@ -164,9 +164,9 @@ class QuantizedConv:
             ys = torch.stack([self._quantized(x, b) for b in self.candidates], dim=1)
             return torch.einsum("bk,bk...->b...", weights.to(ys.dtype), ys)
         # Hard one-hot: the forward value is the selected branch of each image, computed with grad
-        # once per bit-width group. Each image's other branches run forward only, under no_grad,
-        # and enter as (w_k − w_k.detach())·y_k: exactly zero in the forward pass, ⟨∂L/∂y, y_k⟩ as
-        # w_k's gradient — what autograd gives for Σ_k w_k·y_k, without K backward convolutions.
+        # once per bit-width group. Each image's other branches run forward only, under no_grad;
+        # `_SelectedBranch` gives w_k the gradient ⟨∂L/∂y, y_k⟩ that autograd would give for
+        # Σ_k w_k·y_k, without K backward convolutions.
         batch = x.shape[0]
         idx = weights.detach().argmax(dim=-1)
         need_all = weights.requires_grad
@@ -184,7 +184,7 @@ class QuantizedConv:
             rest = (idx != k).nonzero().flatten()
             if need_all and len(rest):
                 with torch.no_grad():
-                    xr = x.detach()[rest]
+                    xr = x.detach() if len(rest) == batch else x.detach()[rest]
                     bias = self.bias.detach() if self.bias is not None else None
                     others.append((k, rest, self._conv(self.input_quantizer(xr, b), wq.detach(), bias)))
         if len(pieces) == 1:
@@ -194,12 +194,12 @@ class QuantizedConv:
             y = torch.cat(pieces)[torch.argsort(perm)]
         if not need_all:
             return y
-        branch = y.new_empty((batch, len(self.candidates), *y.shape[1:]))
         with torch.no_grad():
+            branch = y.new_empty((batch, len(self.candidates), *y.shape[1:]))
             branch[torch.arange(batch, device=y.device), idx] = y.detach()
             for k, rest, yr in others:
                 branch[rest, k] = yr
-        return y + torch.einsum("bk,bk...->b...", (weights - weights.detach()).to(y.dtype), branch)
+        return _SelectedBranch.apply(y, weights, branch)
 
     def _mixture(self, x: Tensor, probs: Tensor) -> Tensor:
         """Σ_k p_k·Q_k(x) convolved with Σ_k p_k·Q_k(W), per image, as one grouped convolution
@@ -220,6 +220,24 @@ class QuantizedConv:
     def quant_extra_repr(self) -> str:
         extra = f", fusion={self.fusion}, relaxation={self.relaxation}" if self.mode == "dynamic" else ""
         return f"mode={self.mode}, bits={list(self.candidates)}{extra}"
+
+
+class _SelectedBranch(torch.autograd.Function):
+    """Copy of the selected branch's output y; w gets ⟨∂L/∂y_b, branch_{b,k}⟩ per image and
+    candidate (the gradient of Σ_k w_k·y_k at a one-hot w), computed as one batched matmul."""
+
+    @staticmethod
+    def forward(ctx, y: Tensor, weights: Tensor, branch: Tensor) -> Tensor:
+        ctx.save_for_backward(branch)
+        ctx.weights_dtype = weights.dtype
+        return y.clone()  # not a view: the next layer (GDN, ReLU) may work in place
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+        (branch,) = ctx.saved_tensors
+        b, k = branch.shape[:2]
+        gw = torch.bmm(branch.reshape(b, k, -1), grad.reshape(b, -1, 1)).view(b, k)
+        return grad, gw.to(ctx.weights_dtype), None
 
 
 class QuantConv2d(QuantizedConv, nn.Conv2d):

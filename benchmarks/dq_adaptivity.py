@@ -1,0 +1,153 @@
+"""Does a DQ model's per-image precision pay? Profiles per image, their spread, and the ablation.
+
+For one checkpoint, on Kodak and on the validation split of the training photos (the split the
+studies use: `split_files(..., val_fraction, seed)`):
+
+- each image's profile as the selectors choose it at encode time, the number of distinct
+  profiles, the spread of per-image average bits and how often each layer takes each bit-width;
+- the decisive ablation: the same model with every image forced to its most frequent profile,
+  and with the chosen profiles shuffled between images (the same multiset of profiles, so exactly
+  the same average bits, but not matched to content). If content-aware choice pays, the adaptive
+  assignment has a lower RD cost J = bpp + λ·255²·MSE than the shuffled one at equal bits.
+
+Rates are the entropy model's estimate of the same forward pass (within 1% of file bytes, see
+the README), so the three assignments differ only in the profile. One thread is plenty:
+
+    python benchmarks/dq_adaptivity.py --checkpoint dq.pt --threads 1 \\
+        --kodak ../shared/data/kodak --train-data ../shared/data/train \\
+        -o benchmarks/results/dq_adaptivity.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import math
+import platform
+import random
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from dqsearch.codec import PAD_MULTIPLE
+from dqsearch.data import crop_padding, list_images, load_image, pad_to_multiple, split_files
+from dqsearch.models import load_checkpoint, resolve_checkpoint
+from dqsearch.quant.wrap import average_bits, dynamic_layers, get_profile, set_profile
+
+
+@torch.no_grad()
+def run_image(model, x: torch.Tensor, lmbda: float, profile: dict[str, int] | None) -> dict:
+    """One inference forward, with the selectors (profile None) or a forced profile."""
+    set_profile(model, profile)
+    xp, pad = pad_to_multiple(x, PAD_MULTIPLE)
+    out = model(xp)
+    used = get_profile(model) if profile is None else dict(profile)
+    x_hat = crop_padding(out["x_hat"], pad).clamp(0, 1)
+    mse = torch.mean((x_hat - x) ** 2).item()
+    bits = sum(torch.log2(lk).sum().neg() for lk in out["likelihoods"].values()).item()
+    bpp = bits / (x.shape[-2] * x.shape[-1])
+    return {"profile": used, "avg_bits": average_bits(model, used), "bpp": bpp,
+            "psnr": -10 * math.log10(max(mse, 1e-12)), "rd_cost": bpp + lmbda * 255**2 * mse}
+
+
+def summarise(rows: list[dict]) -> dict:
+    return {k: statistics.fmean(r[k] for r in rows) for k in ("avg_bits", "bpp", "psnr", "rd_cost")}
+
+
+def study_set(model, files: list[Path], lmbda: float, shuffles: int, seed: int) -> dict:
+    images = [load_image(f, warn=False).unsqueeze(0) for f in files]
+    adaptive = [run_image(model, x, lmbda, None) for x in images]
+    keys = [tuple(r["profile"].items()) for r in adaptive]
+    counts = collections.Counter(keys)
+    mode_profile = dict(counts.most_common(1)[0][0])
+    forced = [run_image(model, x, lmbda, mode_profile) for x in images]
+    shuffled_runs = []
+    if len(counts) > 1:
+        rng = random.Random(seed)
+        for _ in range(shuffles):
+            perm = [r["profile"] for r in adaptive]
+            while all(a == b for a, b in zip(perm, (r["profile"] for r in adaptive), strict=True)):
+                rng.shuffle(perm)
+            shuffled_runs.append(summarise([run_image(model, x, lmbda, p)
+                                            for x, p in zip(images, perm, strict=True)]))
+    bits = [r["avg_bits"] for r in adaptive]
+    names = list(dynamic_layers(model))
+    layer_use = {n: dict(collections.Counter(r["profile"][n] for r in adaptive)) for n in names}
+    result = {
+        "images": len(files),
+        "distinct_profiles": len(counts),
+        "profile_counts": sorted(counts.values(), reverse=True),
+        "avg_bits": {"mean": statistics.fmean(bits), "min": min(bits), "max": max(bits),
+                     "std": statistics.pstdev(bits)},
+        "layer_bit_counts": layer_use,
+        "adaptive": summarise(adaptive),
+        "most_frequent_profile": {"profile": mode_profile, "share": counts.most_common(1)[0][1] / len(files),
+                                  **summarise(forced)},
+        "per_image": [{"image": f.name, **{k: r[k] for k in ("avg_bits", "bpp", "psnr", "rd_cost")},
+                       "profile_id": list(counts).index(k)}
+                      for f, r, k in zip(files, adaptive, keys, strict=True)],
+    }
+    if shuffled_runs:
+        result["shuffled_profiles"] = {k: statistics.fmean(s[k] for s in shuffled_runs)
+                                       for k in shuffled_runs[0]} | {"runs": len(shuffled_runs)}
+        a, s = result["adaptive"], result["shuffled_profiles"]
+        result["adaptive_minus_shuffled"] = {k: a[k] - s[k] for k in ("avg_bits", "bpp", "psnr", "rd_cost")}
+    else:
+        result["shuffled_profiles"] = None  # one profile for every image: nothing to shuffle
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--kodak", default="../shared/data/kodak")
+    ap.add_argument("--train-data", default="../shared/data/train")
+    ap.add_argument("--val-fraction", type=float, default=0.1)
+    ap.add_argument("--seed", type=int, default=0, help="validation split and shuffles")
+    ap.add_argument("--shuffles", type=int, default=2)
+    ap.add_argument("--limit", type=int, help="first N images of each set (quick checks)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("-o", "--output", default="benchmarks/results/dq_adaptivity.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    ck = load_checkpoint(resolve_checkpoint(args.checkpoint))
+    model = ck.model.eval()
+    if not dynamic_layers(model):
+        raise SystemExit(f"{args.checkpoint} has no bit-width selectors (not a DQ model)")
+    lmbda = float(ck.meta.get("lmbda") or 0.013)
+    val = split_files(list_images(args.train_data), args.val_fraction, args.seed)[1]
+    sets = {"kodak": list_images(args.kodak), "validation": val}
+    t0 = time.perf_counter()
+    result = {
+        "benchmark": "dq_adaptivity",
+        "checkpoint": args.checkpoint,
+        "policy": ck.policy.to_dict() if ck.policy else None,
+        "lmbda": lmbda,
+        "note": "validation = split_files(train, val_fraction, seed)[1]; a model trained by "
+                "`dqsearch train --data <all train photos>` has seen these photos",
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads},
+        "sets": {name: study_set(model, files[: args.limit], lmbda, args.shuffles, args.seed)
+                 for name, files in sets.items()},
+    }
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
+    for name, r in result["sets"].items():
+        a, m = r["adaptive"], r["most_frequent_profile"]
+        line = (f"{name}: {r['images']} images, {r['distinct_profiles']} distinct profiles, bits "
+                f"{r['avg_bits']['mean']:.2f} [{r['avg_bits']['min']:.2f}, {r['avg_bits']['max']:.2f}]; "
+                f"adaptive {a['psnr']:.3f} dB {a['bpp']:.4f} bpp J {a['rd_cost']:.4f} | most frequent "
+                f"({m['share']:.0%}) {m['avg_bits']:.2f} bits {m['psnr']:.3f} dB {m['bpp']:.4f} bpp "
+                f"J {m['rd_cost']:.4f}")
+        if r["shuffled_profiles"]:
+            s = r["shuffled_profiles"]
+            line += f" | shuffled {s['psnr']:.3f} dB {s['bpp']:.4f} bpp J {s['rd_cost']:.4f}"
+        print(line)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
