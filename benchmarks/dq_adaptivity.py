@@ -8,7 +8,13 @@ studies use: `split_files(..., val_fraction, seed)`):
 - the decisive ablation: the same model with every image forced to its most frequent profile,
   and with the chosen profiles shuffled between images (the same multiset of profiles, so exactly
   the same average bits, but not matched to content). If content-aware choice pays, the adaptive
-  assignment has a lower RD cost J = bpp + λ·255²·MSE than the shuffled one at equal bits.
+  assignment has a lower RD cost J = bpp + λ·255²·MSE than the shuffled one at equal bits;
+- with `--train-path`, the train/inference gap: the same images through the training forward
+  (quantized blocks and selectors in training mode at the stored final temperature, one Gumbel
+  draw per image; entropy models in inference mode) against the decoder's forward;
+- with `--headroom`, what any per-image choice could gain: every single-layer change of the most
+  frequent profile, on every image, and on how many images it lowers the training objective
+  J + γ·L_bits. If no change helps some images and not others, no selector can profit.
 
 Rates are the entropy model's estimate of the same forward pass (within 1% of file bytes, see
 the README), so the three assignments differ only in the profile. One thread is plenty:
@@ -35,7 +41,14 @@ import torch
 from dqsearch.codec import PAD_MULTIPLE
 from dqsearch.data import crop_padding, list_images, load_image, pad_to_multiple, split_files
 from dqsearch.models import load_checkpoint, resolve_checkpoint
-from dqsearch.quant.wrap import average_bits, dynamic_layers, get_profile, set_profile
+from dqsearch.quant.wrap import (
+    average_bits,
+    dynamic_layers,
+    get_profile,
+    quantized_layers,
+    selectors,
+    set_profile,
+)
 
 
 @torch.no_grad()
@@ -57,7 +70,45 @@ def summarise(rows: list[dict]) -> dict:
     return {k: statistics.fmean(r[k] for r in rows) for k in ("avg_bits", "bpp", "psnr", "rd_cost")}
 
 
-def study_set(model, files: list[Path], lmbda: float, shuffles: int, seed: int) -> dict:
+def headroom(model, images: list[torch.Tensor], lmbda: float, gamma: float, mode: dict[str, int],
+             base: list[dict]) -> dict:
+    """Per (layer, bits) change of the mode profile: ΔJ and ΔPSNR per image, and the share of
+    images whose training objective J + γ·L_bits it lowers (L_bits: mean over dynamic layers)."""
+    layers = dynamic_layers(model)
+    out = {}
+    for name, m in layers.items():
+        for b in m.candidates:
+            if b == mode[name]:
+                continue
+            prof = {**mode, name: b}
+            rows = [run_image(model, x, lmbda, prof) for x in images]
+            dj = [r["rd_cost"] - o["rd_cost"] for r, o in zip(rows, base, strict=True)]
+            dp = [r["psnr"] - o["psnr"] for r, o in zip(rows, base, strict=True)]
+            dbits = gamma * (b - mode[name]) / len(layers)
+            out[f"{name}:{mode[name]}->{b}"] = {
+                "delta_rd_cost": {"mean": statistics.fmean(dj), "min": min(dj), "max": max(dj)},
+                "delta_psnr": {"mean": statistics.fmean(dp), "min": min(dp), "max": max(dp)},
+                "gamma_delta_lbits": dbits,
+                "share_improved": sum(d + dbits < 0 for d in dj) / len(dj),
+            }
+    return out
+
+
+def train_path(model, images: list[torch.Tensor], lmbda: float, seed: int) -> dict:
+    """The training forward of the quantized layers on each image (see the module docstring)."""
+    torch.manual_seed(seed)
+    blocks = list(quantized_layers(model).values()) + list(selectors(model))
+    for m in blocks:
+        m.train()
+    try:
+        rows = [run_image(model, x, lmbda, None) for x in images]
+    finally:
+        model.eval()
+    return {**summarise(rows), "distinct_profiles": len({tuple(r["profile"].items()) for r in rows})}
+
+
+def study_set(model, files: list[Path], lmbda: float, shuffles: int, seed: int,
+              gamma: float | None = None, with_train_path: bool = False) -> dict:
     images = [load_image(f, warn=False).unsqueeze(0) for f in files]
     adaptive = [run_image(model, x, lmbda, None) for x in images]
     keys = [tuple(r["profile"].items()) for r in adaptive]
@@ -90,6 +141,13 @@ def study_set(model, files: list[Path], lmbda: float, shuffles: int, seed: int) 
                        "profile_id": list(counts).index(k)}
                       for f, r, k in zip(files, adaptive, keys, strict=True)],
     }
+    if with_train_path:
+        result["train_path"] = train_path(model, images, lmbda, seed)
+    if gamma is not None:
+        result["headroom"] = headroom(model, images, lmbda, gamma, mode_profile, forced)
+        split = {k: v["share_improved"] for k, v in result["headroom"].items()
+                 if 0 < v["share_improved"] < 1}
+        result["headroom_split_layers"] = split  # changes some images want and others do not
     if shuffled_runs:
         result["shuffled_profiles"] = {k: statistics.fmean(s[k] for s in shuffled_runs)
                                        for k in shuffled_runs[0]} | {"runs": len(shuffled_runs)}
@@ -109,6 +167,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="validation split and shuffles")
     ap.add_argument("--shuffles", type=int, default=2)
     ap.add_argument("--limit", type=int, help="first N images of each set (quick checks)")
+    ap.add_argument("--headroom", action="store_true",
+                    help="also try every single-layer change of the most frequent profile per image")
+    ap.add_argument("--gamma", type=float, default=0.15, help="γ of the training objective (headroom)")
+    ap.add_argument("--train-path", action="store_true", help="also run the training forward (the gap)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("-o", "--output", default="benchmarks/results/dq_adaptivity.json")
     args = ap.parse_args()
@@ -129,7 +191,8 @@ def main() -> None:
         "note": "validation = split_files(train, val_fraction, seed)[1]; a model trained by "
                 "`dqsearch train --data <all train photos>` has seen these photos",
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads},
-        "sets": {name: study_set(model, files[: args.limit], lmbda, args.shuffles, args.seed)
+        "sets": {name: study_set(model, files[: args.limit], lmbda, args.shuffles, args.seed,
+                                 args.gamma if args.headroom else None, args.train_path)
                  for name, files in sets.items()},
     }
     result["seconds"] = round(time.perf_counter() - t0, 1)
@@ -146,6 +209,15 @@ def main() -> None:
             s = r["shuffled_profiles"]
             line += f" | shuffled {s['psnr']:.3f} dB {s['bpp']:.4f} bpp J {s['rd_cost']:.4f}"
         print(line)
+        if "train_path" in r:
+            t = r["train_path"]
+            print(f"  training path: {t['psnr']:.3f} dB {t['bpp']:.4f} bpp J {t['rd_cost']:.4f}, "
+                  f"{t['avg_bits']:.2f} bits, {t['distinct_profiles']} distinct profiles")
+        for k, v in r.get("headroom", {}).items():
+            print(f"  {k:16s} ΔJ {v['delta_rd_cost']['mean']:+.4f} [{v['delta_rd_cost']['min']:+.4f}, "
+                  f"{v['delta_rd_cost']['max']:+.4f}]  ΔPSNR {v['delta_psnr']['mean']:+.3f} "
+                  f"[{v['delta_psnr']['min']:+.3f}, {v['delta_psnr']['max']:+.3f}]  γΔL_bits "
+                  f"{v['gamma_delta_lbits']:+.4f}  improves {v['share_improved']:.0%} of images")
     print(f"wrote {args.output}")
 
 

@@ -121,7 +121,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     train_state = None
     overrides = {k: getattr(args, k) for k in (
         "lmbda", "metric", "steps", "batch_size", "crop", "lr", "lr_end", "aux_lr", "quant_lr",
-        "gamma", "diversity", "calibration_images", "checkpoint_every", "seed", "device", "compile")
+        "gamma", "diversity", "bits_cost", "calibration_images", "checkpoint_every", "seed", "device",
+        "compile")
         if getattr(args, k) is not None}
     if args.resume and output.exists():
         ck = load_checkpoint(output, with_train_state=True)
@@ -334,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gamma", type=float, help="weight γ of the average-bit-width loss")
     p.add_argument("--diversity", type=float,
                    help="δ: reward the mutual information between image and bit choice in a batch")
+    p.add_argument("--bits-cost", choices=["uniform", "distortion"],
+                   help="price of a bit per image: uniform γ (default) or γ·MSE_i/mean MSE (the "
+                        "log-MSE trade-off: clean images buy precision more cheaply)")
     p.add_argument("--calibration-images", type=int,
                    help="whole training photos that set the activation ranges (default 8; 0: "
                         "random crop batches as before)")

@@ -28,10 +28,12 @@ from .quant.wrap import (
     calibrate,
     dynamic_layers,
     model_bits_loss,
+    model_bits_per_image,
     set_temperature,
 )
 
 METRICS = ("mse", "ms-ssim")
+BITS_COSTS = ("uniform", "distortion")
 
 
 @dataclass
@@ -58,11 +60,14 @@ class TrainConfig:
     calibration_batches: int = 4  # random crops of batch_size (only when calibration_images = 0)
     calibration_images: int = 8  # whole training photos for the activation ranges
     diversity: float = 0.0  # δ: loss − δ·I(image; choice), the batch's mutual information per layer
+    bits_cost: str = "uniform"  # "distortion": image i pays γ·MSE_i/mean(MSE) per bit (log-MSE trade-off)
     seed: int = 0
     device: str = "cpu"
     compile: bool = False  # torch.compile the fake quantizer (worth it beyond a few hundred steps)
 
     def __post_init__(self) -> None:
+        if self.bits_cost not in BITS_COSTS:
+            raise ValueError(f"bits_cost must be one of {BITS_COSTS}, got {self.bits_cost!r}")
         if self.metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
         for name in ("lmbda", "lr", "aux_lr", "steps", "batch_size", "checkpoint_every"):
@@ -219,7 +224,10 @@ def train(
             if dynamic:
                 lbits = model_bits_loss(model)
                 terms["bits"] = lbits.detach()
-                loss = loss + config.gamma * lbits
+                if config.bits_cost == "distortion":
+                    loss = loss + config.gamma * distortion_weighted_bits(model, out["x_hat"], x)
+                else:
+                    loss = loss + config.gamma * lbits
                 if config.diversity > 0:
                     mi = torch.stack([mutual_information(m.last_probs)
                                       for m in dynamic_layers(model).values()]).mean()
@@ -264,6 +272,19 @@ def train(
     bar.close()
     checkpoint(final=step >= config.steps)
     return last
+
+
+def distortion_weighted_bits(model: nn.Module, x_hat: Tensor, x: Tensor) -> Tensor:
+    """Σ_i γ_i·L_bits,i / B with γ_i ∝ MSE_i (detached, batch mean 1).
+
+    With λ·log MSE_i in place of λ·MSE_i the selector's trade-off for image i is λ·ΔMSE_i/MSE_i
+    against γ·Δbits: the same absolute quantization noise costs a clean (low-MSE) image more dB,
+    so it should be able to buy precision more cheaply. Scaling image i's price of a bit by MSE_i
+    gives the selector exactly that trade-off while the network's own loss stays R + λ·D.
+    """
+    mse = ((x_hat.detach() - x) ** 2).flatten(1).mean(dim=1)
+    weight = mse / mse.mean().clamp_min(1e-12)
+    return (weight * model_bits_per_image(model)).mean()
 
 
 def calibration_inputs(sampler: CropSampler, config: TrainConfig,

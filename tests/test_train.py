@@ -106,3 +106,21 @@ def test_diversity_term_is_logged(tmp_path, sample_paths):
     last = train(model, spec, sampler, small_config(steps=2, diversity=0.1), tmp_path / "d.pt",
                  progress=False)
     assert 0.0 <= last["mutual_info"] <= 0.7
+
+
+def test_distortion_weighted_bits_prices_clean_images_lower():
+    """γ_i ∝ MSE_i: an image reconstructed twice as well pays half as much per bit."""
+    from dqsearch.train import distortion_weighted_bits
+
+    model, _ = fresh(QuantPolicy.dynamic((4, 8), selector="global"))
+    model.train()
+    x = torch.rand(2, 3, 64, 64)
+    model(x)
+    x_hat = x.clone()
+    x_hat[0] += 0.1
+    x_hat[1] += 0.1 * 2**-0.5  # MSE half that of image 0
+    from dqsearch.quant.wrap import model_bits_per_image
+
+    per_image = model_bits_per_image(model).detach()
+    want = ((4 / 3) * per_image[0] + (2 / 3) * per_image[1]) / 2
+    assert distortion_weighted_bits(model, x_hat, x).item() == pytest.approx(want.item(), rel=1e-4)
