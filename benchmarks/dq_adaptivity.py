@@ -13,8 +13,8 @@ studies use: `split_files(..., val_fraction, seed)`):
   (quantized blocks and selectors in training mode at the stored final temperature, one Gumbel
   draw per image; entropy models in inference mode) against the decoder's forward;
 - with `--headroom`, what any per-image choice could gain: every single-layer change of the most
-  frequent profile, on every image, and on how many images it lowers the training objective
-  J + γ·L_bits. If no change helps some images and not others, no selector can profit.
+  frequent profile to a neighbouring candidate, on every image, and on how many images it lowers
+  the training objective J + γ·L_bits. If no change helps some images and not others, no selector can profit.
 
 Rates are the entropy model's estimate of the same forward pass (within 1% of file bytes, see
 the README), so the three assignments differ only in the profile. One thread is plenty:
@@ -77,9 +77,8 @@ def headroom(model, images: list[torch.Tensor], lmbda: float, gamma: float, mode
     layers = dynamic_layers(model)
     out = {}
     for name, m in layers.items():
-        for b in m.candidates:
-            if b == mode[name]:
-                continue
+        i = m.candidates.index(mode[name])
+        for b in m.candidates[max(0, i - 1) : i] + m.candidates[i + 1 : i + 2]:  # neighbours
             prof = {**mode, name: b}
             rows = [run_image(model, x, lmbda, prof) for x in images]
             dj = [r["rd_cost"] - o["rd_cost"] for r, o in zip(rows, base, strict=True)]
