@@ -73,24 +73,42 @@ def summarise(rows: list[dict]) -> dict:
 def headroom(model, images: list[torch.Tensor], lmbda: float, gamma: float, mode: dict[str, int],
              base: list[dict]) -> dict:
     """Per (layer, bits) change of the mode profile: ΔJ and ΔPSNR per image, and the share of
-    images whose training objective J + γ·L_bits it lowers (L_bits: mean over dynamic layers)."""
+    images whose training objective J + γ·L_bits it lowers (L_bits: mean over dynamic layers),
+    with a uniform price of a bit and with `--bits-cost distortion`'s γ·MSE_i/mean MSE. `oracle`
+    adds up, per image, the best change of each layer: about what a perfect per-image selector
+    could gain over the mode profile on that objective (layers taken as independent)."""
     layers = dynamic_layers(model)
-    out = {}
+    mse = [10 ** (-o["psnr"] / 10) for o in base]
+    price = [m / statistics.fmean(mse) for m in mse]
+    changes = {}
+    best = {"uniform": [0.0] * len(images), "distortion": [0.0] * len(images)}
     for name, m in layers.items():
         i = m.candidates.index(mode[name])
+        layer_best = {k: [0.0] * len(images) for k in best}
         for b in m.candidates[max(0, i - 1) : i] + m.candidates[i + 1 : i + 2]:  # neighbours
             prof = {**mode, name: b}
             rows = [run_image(model, x, lmbda, prof) for x in images]
             dj = [r["rd_cost"] - o["rd_cost"] for r, o in zip(rows, base, strict=True)]
             dp = [r["psnr"] - o["psnr"] for r, o in zip(rows, base, strict=True)]
             dbits = gamma * (b - mode[name]) / len(layers)
-            out[f"{name}:{mode[name]}->{b}"] = {
+            obj = {"uniform": [d + dbits for d in dj],
+                   "distortion": [d + dbits * w for d, w in zip(dj, price, strict=True)]}
+            for k in best:
+                layer_best[k] = [min(a, v) for a, v in zip(layer_best[k], obj[k], strict=True)]
+            changes[f"{name}:{mode[name]}->{b}"] = {
                 "delta_rd_cost": {"mean": statistics.fmean(dj), "min": min(dj), "max": max(dj)},
                 "delta_psnr": {"mean": statistics.fmean(dp), "min": min(dp), "max": max(dp)},
                 "gamma_delta_lbits": dbits,
-                "share_improved": sum(d + dbits < 0 for d in dj) / len(dj),
+                "share_improved": sum(v < 0 for v in obj["uniform"]) / len(dj),
+                "share_improved_distortion_price": sum(v < 0 for v in obj["distortion"]) / len(dj),
             }
-    return out
+        for k in best:
+            best[k] = [a + v for a, v in zip(best[k], layer_best[k], strict=True)]
+    mean_obj = statistics.fmean(o["rd_cost"] for o in base)
+    return {"changes": changes,
+            "oracle": {k: {"mean_objective_gain": statistics.fmean(v), "max_objective_gain": min(v),
+                           "images_that_gain": sum(g < 0 for g in v), "mode_rd_cost": mean_obj}
+                       for k, v in best.items()}}
 
 
 def train_path(model, images: list[torch.Tensor], lmbda: float, seed: int) -> dict:
@@ -144,7 +162,7 @@ def study_set(model, files: list[Path], lmbda: float, shuffles: int, seed: int,
         result["train_path"] = train_path(model, images, lmbda, seed)
     if gamma is not None:
         result["headroom"] = headroom(model, images, lmbda, gamma, mode_profile, forced)
-        split = {k: v["share_improved"] for k, v in result["headroom"].items()
+        split = {k: v["share_improved"] for k, v in result["headroom"]["changes"].items()
                  if 0 < v["share_improved"] < 1}
         result["headroom_split_layers"] = split  # changes some images want and others do not
     if shuffled_runs:
@@ -212,11 +230,15 @@ def main() -> None:
             t = r["train_path"]
             print(f"  training path: {t['psnr']:.3f} dB {t['bpp']:.4f} bpp J {t['rd_cost']:.4f}, "
                   f"{t['avg_bits']:.2f} bits, {t['distinct_profiles']} distinct profiles")
-        for k, v in r.get("headroom", {}).items():
+        for k, v in r.get("headroom", {}).get("oracle", {}).items():
+            print(f"  oracle ({k} price): J + γ·L_bits lower by {-v['mean_objective_gain']:.4f} on average "
+                  f"(at most {-v['max_objective_gain']:.4f}), {v['images_that_gain']} images gain")
+        for k, v in r.get("headroom", {}).get("changes", {}).items():
             print(f"  {k:16s} ΔJ {v['delta_rd_cost']['mean']:+.4f} [{v['delta_rd_cost']['min']:+.4f}, "
                   f"{v['delta_rd_cost']['max']:+.4f}]  ΔPSNR {v['delta_psnr']['mean']:+.3f} "
                   f"[{v['delta_psnr']['min']:+.3f}, {v['delta_psnr']['max']:+.3f}]  γΔL_bits "
-                  f"{v['gamma_delta_lbits']:+.4f}  improves {v['share_improved']:.0%} of images")
+                  f"{v['gamma_delta_lbits']:+.4f}  improves {v['share_improved']:.0%} of images "
+                  f"({v['share_improved_distortion_price']:.0%} at the distortion price)")
     print(f"wrote {args.output}")
 
 
