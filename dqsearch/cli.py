@@ -120,7 +120,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     policy = policy_from_args(args)
     train_state = None
     overrides = {k: getattr(args, k) for k in (
-        "lmbda", "metric", "steps", "batch_size", "crop", "lr", "lr_end", "aux_lr", "quant_lr",
+        "lmbda", "metric", "steps", "batch_size", "crop", "lr", "lr_end", "aux_lr", "quant_lr", "selector_lr",
         "gamma", "diversity", "bits_cost", "calibration_images", "checkpoint_every", "seed", "device",
         "compile")
         if getattr(args, k) is not None}
@@ -332,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-end", type=float, help="cosine-decay the learning rate to this")
     p.add_argument("--aux-lr", type=float)
     p.add_argument("--quant-lr", type=float, help="learning rate of quantizer scales")
+    p.add_argument("--selector-lr", type=float, help="learning rate of the bit-width selectors (1e-3)")
     p.add_argument("--gamma", type=float, help="weight γ of the average-bit-width loss")
     p.add_argument("--diversity", type=float,
                    help="δ: reward the mutual information between image and bit choice in a batch")
