@@ -160,7 +160,7 @@ class QuantizedConv:
 
     def _output_fusion(self, x: Tensor, weights: Tensor) -> Tensor:
         """Σ_k w_k·conv(Q_k(x), Q_k(W)) per image (the paper's fusion of branch outputs)."""
-        if self.relaxation == "soft" and weights.requires_grad:  # every branch needs a backward
+        if self.relaxation == "soft":  # a soft blend: every branch is in the output and the graph
             ys = torch.stack([self._quantized(x, b) for b in self.candidates], dim=1)
             return torch.einsum("bk,bk...->b...", weights.to(ys.dtype), ys)
         # Hard one-hot: the forward value is the selected branch of each image, computed with grad
