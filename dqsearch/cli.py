@@ -66,6 +66,14 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--selector", default="per-layer", choices=["per-layer", "global"])
     g.add_argument("--pin-first", type=int, help="bits of the first layer (32 = FP32)")
     g.add_argument("--pin-last", type=int, help="bits of the last layer (32 = FP32)")
+    g.add_argument("--fusion", default="output", choices=["output", "input-mix"],
+                   help="DQ training: fuse the quantized branches' outputs (paper, default) or mix "
+                        "inputs and weights before one convolution (earlier dqsearch)")
+    g.add_argument("--relaxation", default="st", choices=["st", "soft"],
+                   help="DQ training: straight-through hard Gumbel one-hot (paper, default) or the "
+                        "soft Gumbel sample")
+    g.add_argument("--selector-features", default="mean-std", choices=["mean-std", "mean"],
+                   help="what the selector reads from each pooled cell")
 
 
 def policy_from_args(args: argparse.Namespace):
@@ -77,6 +85,9 @@ def policy_from_args(args: argparse.Namespace):
                   learn_scale=not args.no_learn_scale, learn_zero_point=not args.no_learn_zero_point,
                   percentile=args.percentile, selector=args.selector, pin_first=args.pin_first,
                   pin_last=args.pin_last)
+    if args.candidates is not None:
+        common.update(fusion=args.fusion, relaxation=args.relaxation,
+                      selector_features=args.selector_features)
     if args.bits is not None:
         return QuantPolicy.fixed(args.bits, **common)
     return QuantPolicy.dynamic(args.candidates, **common)
@@ -107,7 +118,8 @@ def _latency_terms(args: argparse.Namespace, model) -> list:
         raise UsageError("the latency term needs selectors to steer: add --candidates (a DQ model)")
     table = LatencyTable.load(args.latency_table)
     check_table_matches(table, model)
-    return [LatencyTerm(table, parse_latency(args.target_latency), args.latency_weight, args.latency_form)]
+    return [LatencyTerm(table, parse_latency(args.target_latency), args.latency_weight, args.latency_form,
+                        per_image=args.latency_reduce == "image")]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -121,8 +133,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     policy = policy_from_args(args)
     train_state = None
     overrides = {k: getattr(args, k) for k in (
-        "lmbda", "metric", "steps", "batch_size", "crop", "lr", "lr_end", "aux_lr", "quant_lr",
-        "gamma", "checkpoint_every", "seed", "device", "compile") if getattr(args, k) is not None}
+        "lmbda", "metric", "steps", "batch_size", "crop", "lr", "lr_end", "aux_lr", "quant_lr", "selector_lr",
+        "gamma", "diversity", "bits_cost", "calibration_images", "checkpoint_every", "seed", "device",
+        "compile")
+        if getattr(args, k) is not None}
     if args.resume and output.exists():
         ck = load_checkpoint(output, with_train_state=True)
         if not ck.train_state:
@@ -222,7 +236,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .atomic import write_json
     from .data import list_images, sample_images_dir
-    from .evaluate import evaluate_checkpoint, results_json
+    from .evaluate import evaluate_checkpoint, reference_deltas, results_json
     from .models import EMBEDDED_QUALITIES, load_checkpoint, resolve_checkpoint
 
     _set_threads(args.threads)
@@ -230,6 +244,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     images = list_images(args.dataset) if args.dataset else list_images(sample_images_dir())
     if args.limit:
         images = images[: args.limit]
+    reference = None
+    if args.reference:
+        reference = evaluate_checkpoint(load_checkpoint(resolve_checkpoint(args.reference)), images,
+                                        progress=not args.no_progress)
     points = []
     for spec in specs:
         ck = load_checkpoint(resolve_checkpoint(spec))
@@ -237,7 +255,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         points.append(point)
         m = point["mean"]
         bits = f", {m['avg_bits']:.2f} bits" if m["avg_bits"] is not None else ""
-        print(f"{spec}: {m['bpp']:.4f} bpp, {m['psnr']:.2f} dB PSNR{bits}")
+        w = point["worst"]
+        worst = f", worst {w['psnr']:.2f} dB ({w['image']})" if w else ""
+        print(f"{spec}: {m['bpp']:.4f} bpp, {m['psnr']:.2f} dB PSNR{bits}{worst}")
+        if reference is not None:
+            d = point["vs_reference"] = reference_deltas(point, reference)
+            print(f"  vs {args.reference}: mean {d['mean_delta_psnr']:+.3f} dB, worst image "
+                  f"{d['worst_delta_psnr']:+.3f} dB ({d['worst_image']})")
     name = args.name or (Path(specs[0]).stem if len(specs) == 1 else "dqsearch")
     dataset = args.dataset or "bundled sample images"
     out = results_json(name, points, args.description or f"{len(images)} images of {dataset}")
@@ -347,10 +371,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-end", type=float, help="cosine-decay the learning rate to this")
     p.add_argument("--aux-lr", type=float)
     p.add_argument("--quant-lr", type=float, help="learning rate of quantizer scales")
+    p.add_argument("--selector-lr", type=float, help="learning rate of the bit-width selectors (1e-3)")
     p.add_argument("--gamma", type=float, help="weight γ of the average-bit-width loss")
+    p.add_argument("--diversity", type=float,
+                   help="δ: reward the mutual information between image and bit choice in a batch")
+    p.add_argument("--bits-cost", choices=["uniform", "distortion"],
+                   help="price of a bit per image: uniform γ (default) or γ·MSE_i/mean MSE (the "
+                        "log-MSE trade-off: clean images buy precision more cheaply)")
+    p.add_argument("--calibration-images", type=int,
+                   help="whole training photos that set the activation ranges (default 8; 0: "
+                        "random crop batches as before)")
     p.add_argument("--latency-table", help="latency table of the target device (adds η·L_lat)")
     p.add_argument("--target-latency", help="latency budget for L_lat, e.g. 20ms")
     p.add_argument("--latency-weight", type=float, help="η, the weight of L_lat")
+    p.add_argument("--latency-reduce", choices=["image", "batch"], default="image",
+                   help="hinge per image, then averaged (default), or of the batch mean")
     p.add_argument("--latency-form", choices=["hinge", "linear"], default="hinge",
                    help="hinge: max(0, E[T]/T - 1); linear: E[T]/T")
     p.add_argument("--checkpoint-every", type=int)
@@ -387,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "embedded family embedded:1..4)")
     p.add_argument("--dataset", help="image folder (default: the bundled sample images)")
     p.add_argument("--limit", type=int, help="only the first N images")
+    p.add_argument("--reference", help="checkpoint (e.g. the FP32 one) to report each image's PSNR "
+                                       "loss against: mean and worst case")
     p.add_argument("-o", "--output", help="results JSON to write")
     p.add_argument("--name", help="curve name in the JSON")
     p.add_argument("--description")

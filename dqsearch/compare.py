@@ -27,7 +27,7 @@ from .quant.wrap import QuantPolicy, calibrate, weight_bytes, wrap
 from .report import csv_table, markdown_table, plot_bits_heatmap, plot_rd, summary_rows
 from .schemas import SchemaError, read_text, study_file_schema, validate
 from .storage_url import sqlite_path
-from .train import RunSpec, TrainConfig, train
+from .train import RunSpec, TrainConfig, calibration_inputs, train
 
 METHOD_KINDS = ("fp32", "ptq", "qat", "fmpq", "study-front")
 _POLICY_KEYS = set(QuantPolicy.__dataclass_fields__) - {"overrides"}
@@ -250,7 +250,7 @@ def _method_checkpoint(study: Study, method: Method, base: Path, out: Path, prog
     sampler = CropSampler(list_images(study.train_data), config.crop)
     if method.kind == "ptq":  # calibration only, no weight updates
         gen = torch.Generator().manual_seed(config.seed)
-        calibrate(model, (sampler.sample(config.batch_size, gen) for _ in range(config.calibration_batches)))
+        calibrate(model, calibration_inputs(sampler, config, gen))
         model.update(force=True)
         save_checkpoint(out, model, run.architecture, run.arch_args, run.policy,
                         {**run.meta, "finished": True, "steps": 0})

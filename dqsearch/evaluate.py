@@ -110,6 +110,7 @@ def evaluate_checkpoint(
     means = {k: _mean([getattr(r, k) for r in rows]) for k in keys}
     layer_names = list(rows[0].profile) if rows and rows[0].profile else []
     layer_bits = {n: _mean([r.profile[n] for r in rows]) for n in layer_names}
+    worst = min(rows, key=lambda r: r.psnr) if rows else None
     return {
         "checkpoint": str(ck.path) if ck.path else None,
         "model_id": ck.model_id,
@@ -119,8 +120,21 @@ def evaluate_checkpoint(
         "lmbda": ck.meta.get("lmbda"),
         "mean": means,
         "mean_layer_bits": layer_bits,
+        "worst": {"psnr": worst.psnr, "image": worst.image} if worst else None,
         "images": [asdict(r) for r in rows],
     }
+
+
+def reference_deltas(point: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    """Per-image PSNR loss against a reference point on the same images (e.g. the FP32 model a
+    quantized one came from): the mean hides an image the quantizer ruins, the worst case shows it."""
+    ref = {r["image"]: r["psnr"] for r in reference["images"]}
+    deltas = {r["image"]: r["psnr"] - ref[r["image"]] for r in point["images"] if r["image"] in ref}
+    if not deltas:
+        raise ValueError("the reference was evaluated on none of these images")
+    worst = min(deltas, key=deltas.get)
+    return {"reference": reference.get("checkpoint"), "mean_delta_psnr": statistics.fmean(deltas.values()),
+            "worst_delta_psnr": deltas[worst], "worst_image": worst}
 
 
 def results_json(name: str, points: Sequence[dict[str, Any]], description: str = "") -> dict[str, Any]:

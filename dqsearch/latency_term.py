@@ -2,7 +2,10 @@
 
 L_lat is normalised by the target so η is comparable across devices: `linear` is E[T]/T_target,
 `hinge` is max(0, E[T]/T_target − 1) (no push once the budget is met). E[T] comes from a latency
-table measured for this model and input size (`LatencyTable.expected_latency_of`).
+table measured for this model and input size (`LatencyTable.expected_latency_of`). The budget holds
+for every image, so by default the hinge is taken per image and then averaged: an image already
+under budget is not pushed further because another image is over it (`per_image=False`: the
+hinge of the batch mean, as before).
 """
 
 from __future__ import annotations
@@ -54,12 +57,14 @@ def check_table_matches(table: LatencyTable, model: nn.Module) -> None:
 class LatencyTerm:
     """Callable loss term for `train(loss_terms=...)`: returns ("latency", η·L_lat)."""
 
-    def __init__(self, table: LatencyTable, target_ms: float, weight: float, form: str = "hinge"):
+    def __init__(self, table: LatencyTable, target_ms: float, weight: float, form: str = "hinge",
+                 per_image: bool = True):
         if form not in FORMS:
             raise ValueError(f"latency loss form must be one of {FORMS}, got {form!r}")
         if weight < 0:
             raise ValueError(f"latency weight η must be non-negative, got {weight}")
         self.table, self.target_ms, self.weight, self.form = table, float(target_ms), weight, form
+        self.per_image = per_image
         self.last_expected_ms: float | None = None
         # L_lat before η, summed over steps: an ablation of η must show the term was non-zero
         # where it was on (a hinge that never opens tests nothing).
@@ -77,10 +82,11 @@ class LatencyTerm:
         return ratio if self.form == "linear" else torch.relu(ratio - 1.0)
 
     def __call__(self, model: nn.Module) -> tuple[str, Tensor]:
-        expected = self.table.expected_latency_of(model).mean()
-        self.last_expected_ms = float(expected.detach())
-        value = self.normalised(expected)
+        expected = self.table.expected_latency_of(model)
+        self.last_expected_ms = float(expected.detach().mean())
+        per_image = self.normalised(expected)
+        value = per_image.mean() if self.per_image else self.normalised(expected.mean())
         self.calls += 1
-        self.active += int(float(value.detach()) > 0)
+        self.active += int(float(per_image.detach().max()) > 0)
         self.total += float(value.detach())
         return "latency", self.weight * value

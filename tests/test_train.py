@@ -79,3 +79,48 @@ def test_config_validation():
         TrainConfig(metric="psnr")
     with pytest.raises(ValueError, match="lmbda"):
         TrainConfig(lmbda=0)
+
+
+def test_calibration_does_not_depend_on_batch_size(sample_paths):
+    """Activation ranges come from whole photos, so batch 2 and batch 8 calibrate identically."""
+    from dqsearch.quant.wrap import calibrate, quantized_layers
+    from dqsearch.train import calibration_inputs
+
+    sampler = CropSampler(sample_paths, 64)
+    ranges = []
+    for batch in (2, 8):
+        model, _ = fresh(QuantPolicy.fixed(8))
+        cfg = small_config(batch_size=batch, calibration_images=4)
+        calibrate(model, calibration_inputs(sampler, cfg, torch.Generator().manual_seed(batch)))
+        ranges.append({n: (m.input_quantizer.range_low.clone(), m.input_quantizer.range_high.clone())
+                       for n, m in quantized_layers(model).items()})
+    for name, (lo, hi) in ranges[0].items():
+        assert torch.equal(lo, ranges[1][name][0]) and torch.equal(hi, ranges[1][name][1]), name
+    whole = next(calibration_inputs(sampler, small_config(calibration_images=1), torch.Generator()))
+    assert whole.shape[-2:] == (256, 256)  # a whole photo, not a crop
+
+
+def test_diversity_term_is_logged(tmp_path, sample_paths):
+    sampler = CropSampler(sample_paths, 64)
+    model, spec = fresh(QuantPolicy.dynamic((4, 8), selector="global"))
+    last = train(model, spec, sampler, small_config(steps=2, diversity=0.1), tmp_path / "d.pt",
+                 progress=False)
+    assert 0.0 <= last["mutual_info"] <= 0.7
+
+
+def test_distortion_weighted_bits_prices_clean_images_lower():
+    """γ_i ∝ MSE_i: an image reconstructed twice as well pays half as much per bit."""
+    from dqsearch.train import distortion_weighted_bits
+
+    model, _ = fresh(QuantPolicy.dynamic((4, 8), selector="global"))
+    model.train()
+    x = torch.rand(2, 3, 64, 64)
+    model(x)
+    x_hat = x.clone()
+    x_hat[0] += 0.1
+    x_hat[1] += 0.1 * 2**-0.5  # MSE half that of image 0
+    from dqsearch.quant.wrap import model_bits_per_image
+
+    per_image = model_bits_per_image(model).detach()
+    want = ((4 / 3) * per_image[0] + (2 / 3) * per_image[1]) / 2
+    assert distortion_weighted_bits(model, x_hat, x).item() == pytest.approx(want.item(), rel=1e-4)

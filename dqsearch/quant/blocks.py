@@ -1,9 +1,16 @@
 """Quantized Conv2d / ConvTranspose2d: FP32, a fixed bit-width (DPA, "Q-"), or a mixture (DBWS, "DQ-").
 
-Weights and input activations share the layer's bit-width. During training a dynamic layer fuses
-its branches by probability before a single convolution (Σ_k p_k·Q_k(x) with Σ_k p_k·Q_k(W)); the
-per-image weight mixture runs as one grouped convolution, so a three-candidate layer costs one
-convolution, not three. At inference only the chosen branch runs.
+Weights and input activations share the layer's bit-width. A dynamic layer trains with one of two
+fusions of its K quantized branches:
+
+- `output` (default, the paper's probability-weighted fusion): y = Σ_k w_k·conv(Q_k(x), Q_k(W)).
+  With the straight-through hard sample w is one-hot in the forward pass, so y is exactly the
+  selected branch — the network inference runs — and the gradient to w_k is ⟨∂L/∂y, y_k⟩. Only
+  the selected branch needs a backward pass; the others run forward once under no_grad.
+- `input-mix` (the earlier fusion, kept as an option): conv(Σ_k w_k·Q_k(x), Σ_k w_k·Q_k(W)) as one
+  grouped convolution per batch; one convolution, but a linearised gradient to w.
+
+At inference only the chosen branch runs.
 
 The blocks subclass the torch layers they replace, so parameter names (`g_a.0.weight`) and
 `isinstance` checks in CompressAI keep working and an FP32 state dict loads into a wrapped model.
@@ -18,9 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .quantizer import QUANTIZERS
-from .selector import BitSelector, sample_probabilities
+from .selector import RELAXATIONS, BitSelector, relaxed_sample
 
 MODES = ("fp32", "fixed", "dynamic")
+FUSIONS = ("output", "input-mix")
 
 
 class QuantizedConv:
@@ -37,7 +45,14 @@ class QuantizedConv:
         quantizer_options: dict | None = None,
         selector: str | None = "per-layer",
         selector_options: dict | None = None,
+        fusion: str = "output",
+        relaxation: str = "st",
     ) -> None:
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+        if relaxation not in RELAXATIONS:
+            raise ValueError(f"relaxation must be one of {RELAXATIONS}, got {relaxation!r}")
+        self.fusion, self.relaxation = fusion, relaxation
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if quantizer not in QUANTIZERS:
@@ -50,8 +65,10 @@ class QuantizedConv:
             raise ValueError(f"a dynamic layer needs at least two candidate bit-widths, got {candidates}")
         self.forced_bits: int | None = None
         self.calibrating = False  # while True the layer runs FP32 (activation calibration)
-        self.external_probs: Tensor | None = None
-        self.last_probs: Tensor | None = None
+        self.external_probs: Tensor | None = None  # fusion weights given directly (tests, analysis)
+        self.external_selection: tuple[Tensor, Tensor] | None = None  # (w, p) from the global selector
+        self.last_probs: Tensor | None = None  # selector probabilities p (L_bits, E[T])
+        self.last_weights: Tensor | None = None  # fusion weights w of the last forward
         self.last_bits: Tensor | None = None
         if mode == "fp32":
             return
@@ -76,14 +93,17 @@ class QuantizedConv:
         w = self.weight_quantizer(self._effective_weight(), bits)
         return self._conv(self.input_quantizer(x, bits), w, self.bias)
 
-    def _probabilities(self, x: Tensor) -> Tensor:
+    def _selection(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(fusion weights w, probabilities p), each [batch, K]."""
         if self.external_probs is not None:
-            return self.external_probs
+            return self.external_probs, self.external_probs
+        if self.external_selection is not None:
+            return self.external_selection
         if not hasattr(self, "selector"):
             raise RuntimeError("dynamic layer has no selector and got no probabilities from the "
                                "global selector: run the first layer first or force a profile")
         logits = self.selector(x)[:, 0]
-        return sample_probabilities(logits, float(self.selector.temperature), self.training)
+        return relaxed_sample(logits, float(self.selector.temperature), self.training, self.relaxation)
 
     # --- forward ------------------------------------------------------------------------------
     def quant_forward(self, x: Tensor) -> Tensor:
@@ -95,9 +115,9 @@ class QuantizedConv:
     def _dispatch_global(self, output: Tensor) -> None:
         """Hand each dynamic layer its slice of the global selector's distribution (eq. 7)."""
         sel = self.global_selector
-        probs = sample_probabilities(sel(output), float(sel.temperature), self.training)
+        w, p = relaxed_sample(sel(output), float(sel.temperature), self.training, self.relaxation)
         for i, target in enumerate(self.dispatch_targets):
-            target.external_probs = probs[:, i]
+            target.external_selection = (w[:, i], p[:, i])
 
     def _select_and_run(self, x: Tensor) -> Tensor:
         if self.mode == "fp32" or self.calibrating or self.forced_bits == 32:
@@ -108,13 +128,15 @@ class QuantizedConv:
         if self.mode == "fixed":
             self._record_fixed(x.shape[0], self.candidates[0], x)
             return self._quantized(x, self.candidates[0])
-        probs = self._probabilities(x)
-        self.last_probs = probs
+        weights, probs = self._selection(x)
+        self.last_probs, self.last_weights = probs, weights
         cand = torch.tensor(self.candidates, device=x.device)
         if self.training:
-            self.last_bits = None
-            return self._mixture(x, probs)
-        chosen = cand[probs.argmax(dim=-1)]
+            self.last_bits = cand[weights.detach().argmax(dim=-1)]
+            if self.fusion == "input-mix":
+                return self._mixture(x, weights)
+            return self._output_fusion(x, weights)
+        chosen = cand[weights.argmax(dim=-1)]
         self.last_bits = chosen
         return self._per_sample(x, chosen)
 
@@ -122,7 +144,7 @@ class QuantizedConv:
         self.last_bits = torch.full((batch,), bits, device=x.device, dtype=torch.long)
         if self.mode == "dynamic":
             onehot = torch.tensor([float(b == bits) for b in self.candidates], device=x.device)
-            self.last_probs = onehot.expand(batch, -1)
+            self.last_probs = self.last_weights = onehot.expand(batch, -1)
 
     def _per_sample(self, x: Tensor, chosen: Tensor) -> Tensor:
         values = chosen.unique()
@@ -136,8 +158,52 @@ class QuantizedConv:
                 outs[i] = y[j : j + 1]
         return torch.cat(outs)
 
+    def _output_fusion(self, x: Tensor, weights: Tensor) -> Tensor:
+        """Σ_k w_k·conv(Q_k(x), Q_k(W)) per image (the paper's fusion of branch outputs)."""
+        if self.relaxation == "soft":  # a soft blend: every branch is in the output and the graph
+            ys = torch.stack([self._quantized(x, b) for b in self.candidates], dim=1)
+            return torch.einsum("bk,bk...->b...", weights.to(ys.dtype), ys)
+        # Hard one-hot: the forward value is the selected branch of each image, computed with grad
+        # once per bit-width group. Each image's other branches run forward only, under no_grad;
+        # `_SelectedBranch` gives w_k the gradient ⟨∂L/∂y, y_k⟩ that autograd would give for
+        # Σ_k w_k·y_k, without K backward convolutions.
+        batch = x.shape[0]
+        idx = weights.detach().argmax(dim=-1)
+        need_all = weights.requires_grad
+        w_eff = self._effective_weight()
+        pieces: list[Tensor] = []
+        order: list[Tensor] = []
+        others: list[tuple[int, Tensor, Tensor]] = []
+        for k, b in enumerate(self.candidates):
+            sel = (idx == k).nonzero().flatten()
+            wq = self.weight_quantizer(w_eff, b) if len(sel) or need_all else None
+            if len(sel):
+                xs = x if len(sel) == batch else x[sel]
+                pieces.append(self._conv(self.input_quantizer(xs, b), wq, self.bias))
+                order.append(sel)
+            rest = (idx != k).nonzero().flatten()
+            if need_all and len(rest):
+                with torch.no_grad():
+                    xr = x.detach() if len(rest) == batch else x.detach()[rest]
+                    bias = self.bias.detach() if self.bias is not None else None
+                    others.append((k, rest, self._conv(self.input_quantizer(xr, b), wq.detach(), bias)))
+        if len(pieces) == 1:
+            y = pieces[0]
+        else:
+            perm = torch.cat(order)
+            y = torch.cat(pieces)[torch.argsort(perm)]
+        if not need_all:
+            return y
+        with torch.no_grad():
+            branch = y.new_empty((batch, len(self.candidates), *y.shape[1:]))
+            branch[torch.arange(batch, device=y.device), idx] = y.detach()
+            for k, rest, yr in others:
+                branch[rest, k] = yr
+        return _SelectedBranch.apply(y, weights, branch)
+
     def _mixture(self, x: Tensor, probs: Tensor) -> Tensor:
-        """Σ_k p_k·Q_k(x) convolved with Σ_k p_k·Q_k(W), per image, as one grouped convolution."""
+        """Σ_k p_k·Q_k(x) convolved with Σ_k p_k·Q_k(W), per image, as one grouped convolution
+        (`input-mix` fusion; with a hard one-hot it computes exactly the selected branch)."""
         batch = x.shape[0]
         xq = torch.stack([self.input_quantizer(x, b) for b in self.candidates], dim=1)
         x_mix = torch.einsum("bk,bk...->b...", probs.to(x.dtype), xq)
@@ -152,7 +218,26 @@ class QuantizedConv:
         return y.view(batch, -1, *y.shape[2:])
 
     def quant_extra_repr(self) -> str:
-        return f"mode={self.mode}, bits={list(self.candidates)}"
+        extra = f", fusion={self.fusion}, relaxation={self.relaxation}" if self.mode == "dynamic" else ""
+        return f"mode={self.mode}, bits={list(self.candidates)}{extra}"
+
+
+class _SelectedBranch(torch.autograd.Function):
+    """Copy of the selected branch's output y; w gets ⟨∂L/∂y_b, branch_{b,k}⟩ per image and
+    candidate (the gradient of Σ_k w_k·y_k at a one-hot w), computed as one batched matmul."""
+
+    @staticmethod
+    def forward(ctx, y: Tensor, weights: Tensor, branch: Tensor) -> Tensor:
+        ctx.save_for_backward(branch)
+        ctx.weights_dtype = weights.dtype
+        return y.clone()  # not a view: the next layer (GDN, ReLU) may work in place
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+        (branch,) = ctx.saved_tensors
+        b, k = branch.shape[:2]
+        gw = torch.bmm(branch.reshape(b, k, -1), grad.reshape(b, -1, 1)).view(b, k)
+        return grad, gw.to(ctx.weights_dtype), None
 
 
 class QuantConv2d(QuantizedConv, nn.Conv2d):

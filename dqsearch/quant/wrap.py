@@ -17,9 +17,12 @@ from torch import Tensor, nn
 from .autoregressive import patch_autoregressive
 from .blocks import QuantizedConv, from_float
 from .quantizer import check_bits
-from .selector import BitSelector, bits_loss
+from .selector import BitSelector, bits_loss, bits_per_image
 
 FP32 = 32
+# What a stored policy without these fields was trained with (before issue 15).
+LEGACY_DEFAULTS = {"fusion": "input-mix", "relaxation": "soft", "selector_features": "mean",
+                   "selector_init_std": 0.0}
 
 
 @dataclass
@@ -44,7 +47,9 @@ class QuantPolicy:
     `pin_first` / `pin_last` set the first analysis and last synthesis layer to a bit-width
     (32 = FP32), as quantization papers usually do. `selector="global"` uses one selector on the
     first layer's output for all dynamic layers (DynaQuant eq. 7); it needs the first layer pinned,
-    and pins it to the largest candidate when no pin is given.
+    and pins it to the largest candidate when no pin is given. `fusion` / `relaxation` choose how a
+    dynamic layer trains (see `blocks.py`); policies stored before they existed load with the
+    fusion they were trained with (`LEGACY_DEFAULTS`).
     """
 
     mode: str = "fixed"
@@ -59,6 +64,10 @@ class QuantPolicy:
     selector: str = "per-layer"
     selector_pool: int = 2
     selector_hidden: int = 32
+    selector_features: str = "mean-std"
+    selector_init_std: float = 0.01
+    fusion: str = "output"
+    relaxation: str = "st"
     pin_first: int | None = None
     pin_last: int | None = None
     overrides: dict[str, LayerPolicy] = field(default_factory=dict)
@@ -93,7 +102,7 @@ class QuantPolicy:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown quantization policy fields: {sorted(unknown)}")
-        return cls(**{**d, "bits": tuple(d.get("bits", (8,)))})
+        return cls(**{**LEGACY_DEFAULTS, **d, "bits": tuple(d.get("bits", (8,)))})
 
     def layer_policy(self, name: str, first: str, last: str) -> LayerPolicy:
         if name in self.overrides:
@@ -139,14 +148,16 @@ def wrap(model: nn.Module, policy: QuantPolicy) -> nn.Module:
     if policy.quantizer == "dpa":
         qopts.update(rounding=policy.rounding, beta=policy.beta, learn_scale=policy.learn_scale,
                      learn_zero_point=policy.learn_zero_point, leak=policy.leaky_clip)
-    sel_opts = dict(pool=policy.selector_pool, hidden=policy.selector_hidden)
+    sel_opts = dict(pool=policy.selector_pool, hidden=policy.selector_hidden,
+                    features=policy.selector_features, init_std=policy.selector_init_std)
     for name, conv in layers:
         lp = policy.layer_policy(name, first, last)
         if lp.mode == "fixed" and len(lp.bits) != 1:
             raise ValueError(f"layer {name}: fixed precision needs one bit-width, got {lp.bits}")
         block = from_float(conv, mode=lp.mode, candidates=lp.bits, quantizer=policy.quantizer,
                            quantizer_options=qopts, selector=policy.selector,
-                           selector_options=sel_opts)
+                           selector_options=sel_opts, fusion=policy.fusion,
+                           relaxation=policy.relaxation)
         _set_submodule(model, name, block)
     if policy.mode == "dynamic" and policy.selector == "global":
         _attach_global_selector(model, first, policy, sel_opts)
@@ -187,8 +198,13 @@ def set_temperature(model: nn.Module, temperature: float) -> None:
 
 
 def model_bits_loss(model: nn.Module) -> Tensor:
-    """L_bits of the last forward pass over the model's dynamic layers."""
+    """L_bits (eq. 9) of the last forward pass: the selectors' probabilities, batch mean."""
     return bits_loss((m.last_probs, m.candidates) for m in dynamic_layers(model).values())
+
+
+def model_bits_per_image(model: nn.Module) -> Tensor:
+    """Each image's L_bits of the last forward pass, shape [batch]."""
+    return bits_per_image((m.last_probs, m.candidates) for m in dynamic_layers(model).values())
 
 
 def layer_probabilities(model: nn.Module) -> dict[str, Tensor]:
@@ -233,7 +249,7 @@ def set_profile(model: nn.Module, profile: Mapping[str, int] | None, allow_fp32:
 def clear_forward_state(model: nn.Module) -> None:
     """Forget per-forward records (probabilities, choices) so stale ones cannot leak."""
     for m in quantized_layers(model).values():
-        m.last_probs = m.last_bits = m.external_probs = None
+        m.last_probs = m.last_bits = m.external_probs = m.last_weights = m.external_selection = None
 
 
 @torch.no_grad()

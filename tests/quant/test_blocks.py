@@ -90,3 +90,57 @@ def test_bad_modes_rejected():
         make(nn.Conv2d(2, 2, 1), mode="dynamic", candidates=(8,))
     with pytest.raises(ValueError, match="padded"):
         make(nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"), mode="fixed", candidates=(8,))
+
+
+@pytest.mark.parametrize("conv", [
+    nn.Conv2d(6, 5, 5, stride=2, padding=2),
+    nn.ConvTranspose2d(6, 5, 5, stride=2, padding=2, output_padding=1),
+])
+@pytest.mark.parametrize("fusion", ["output", "input-mix"])
+def test_training_path_equals_inference_path_for_a_hard_choice(conv, fusion):
+    """With the straight-through sample, training runs exactly the network the decoder runs."""
+    block = make(conv, candidates=(4, 6, 8), fusion=fusion,
+                 selector_options={"init_std": 1.0, "features": "mean-std"})
+    x = torch.randn(6, 6, 8, 8)
+    block.input_quantizer.observe(x)
+    block.selector.temperature.fill_(0.5)
+    block.train()
+    y_train = block(x)
+    chosen = block.last_bits.clone()
+    assert set(block.last_weights.detach().unique().tolist()) <= {0.0, 1.0}
+    block.eval()
+    block.external_probs = nn.functional.one_hot(
+        torch.tensor([block.candidates.index(int(b)) for b in chosen]), 3).float()
+    y_infer = block(x)
+    assert torch.equal(block.last_bits, chosen)
+    assert torch.allclose(y_train, y_infer, atol=1e-6)
+
+
+def test_output_fusion_gradient_equals_full_autograd():
+    """The cheap hard-ST path gives w and the network the same gradients as Σ_k w_k·y_k computed
+    with every branch in the graph."""
+    conv = nn.Conv2d(4, 3, 3, padding=1)
+    block = make(conv, candidates=(4, 6, 8))
+    x = torch.randn(5, 4, 6, 6)
+    block.input_quantizer.observe(x)
+    block.train()
+    logits = torch.randn(5, 3)
+    hard = nn.functional.one_hot(logits.argmax(-1), 3).float()
+    target = torch.randn(5, 3, 6, 6)
+
+    def grads(naive: bool):
+        soft = logits.softmax(-1).requires_grad_(True)
+        w = hard + (soft - soft.detach())
+        block.zero_grad()
+        if naive:
+            ys = torch.stack([block._quantized(x, b) for b in block.candidates], dim=1)
+            y = torch.einsum("bk,bk...->b...", w, ys)
+        else:
+            block.external_probs = w
+            y = block(x)
+            block.external_probs = None
+        ((y - target) ** 2).sum().backward()
+        return soft.grad, block.weight.grad.clone(), block.input_quantizer.scale["6"].grad
+
+    for a, b in zip(grads(False), grads(True), strict=True):
+        assert (a is None and b is None) or torch.allclose(a, b, atol=1e-5, rtol=1e-4)

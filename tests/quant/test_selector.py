@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -46,3 +48,64 @@ def test_temperature_anneals():
     assert sched(0) == pytest.approx(5.0)
     assert sched(50) == pytest.approx((5.0 * 0.5) ** 0.5)
     assert sched(100) == pytest.approx(0.5) and sched(1000) == pytest.approx(0.5)
+
+
+def test_selector_logits_differ_between_images(sample_paths):
+    """A fresh selector already tells two photos apart (small random output layer, mean-std
+    features of the pooled first-layer output), so a per-image choice can be learned."""
+    from dqsearch.data import load_image
+    from dqsearch.models import build_model
+    from dqsearch.quant.wrap import QuantPolicy, quantized_layers, wrap
+
+    torch.manual_seed(0)
+    model = wrap(build_model("bmshj2018-hyperprior", N=16, M=24),
+                 QuantPolicy.dynamic((6, 8, 10), selector="global"))
+    first = quantized_layers(model)["g_a.0"]
+    x = torch.stack([load_image(p)[:, :64, :64] for p in sample_paths[:2]])
+    logits = first.global_selector(first(x))
+    assert not torch.allclose(logits[0], logits[1], atol=1e-6)
+
+
+def test_straight_through_sample_is_one_hot_with_soft_gradient():
+    from dqsearch.quant.selector import relaxed_sample
+
+    torch.manual_seed(0)
+    logits = torch.randn(16, 3, requires_grad=True)
+    w, p = relaxed_sample(logits, 1.0, training=True, relaxation="st")
+    assert set(w.detach().unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(w.detach().sum(-1), torch.ones(16))
+    assert torch.allclose(p, logits.softmax(-1))
+    (w * torch.tensor([6.0, 8.0, 10.0])).sum().backward()
+    assert logits.grad.abs().sum() > 0
+    w_eval, _ = relaxed_sample(logits, 1.0, training=False)
+    assert torch.equal(w_eval.argmax(-1), logits.argmax(-1))
+
+
+def test_model_bits_loss_is_eq9_on_selector_probabilities():
+    """L_bits = mean over layers of Σ_k p_lk·b_k with p = softmax(logits), not the Gumbel sample."""
+    from dqsearch.models import build_model
+    from dqsearch.quant.wrap import QuantPolicy, dynamic_layers, model_bits_loss, quantized_layers, wrap
+
+    torch.manual_seed(0)
+    model = wrap(build_model("bmshj2018-hyperprior", N=16, M=24),
+                 QuantPolicy.dynamic((6, 8, 10), selector="global"))
+    first = quantized_layers(model)["g_a.0"]
+    torch.nn.init.normal_(first.global_selector.mlp[2].weight, std=1.0)
+    model.train()
+    x = torch.rand(2, 3, 64, 64)
+    model(x)
+    with torch.no_grad():
+        p = first.global_selector(first(x)).softmax(-1)  # [batch, layers, K]
+    want = (p @ torch.tensor([6.0, 8.0, 10.0])).mean()
+    assert model_bits_loss(model).item() == pytest.approx(want.item(), rel=1e-5)
+    weights = torch.stack([m.last_weights for m in dynamic_layers(model).values()], dim=1)
+    assert set(weights.detach().unique().tolist()) <= {0.0, 1.0}  # the sample is not what L_bits uses
+
+
+def test_mutual_information_between_image_and_choice():
+    from dqsearch.quant.selector import mutual_information
+
+    same = torch.tensor([[0.2, 0.8], [0.2, 0.8]])
+    assert mutual_information(same).item() == pytest.approx(0.0, abs=1e-6)
+    split = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert mutual_information(split).item() == pytest.approx(math.log(2), rel=1e-5)
