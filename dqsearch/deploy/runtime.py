@@ -34,6 +34,7 @@ from ..codec import (
 from ..data import crop_padding, pad_to_multiple
 from ..streamcheck import Layout, LayoutError, check_stream, padded
 from .artifact import ProfileArtifact, Store
+from .stages import Stages
 
 
 def _ort():
@@ -168,39 +169,39 @@ class Runtime:
         _, _, h, w = image.shape
         check_memory(self._width(), h, w, "image")
         t0 = time.perf_counter()
+        st = Stages(self.threads)
         x, _ = pad_to_multiple(image, PAD_MULTIPLE)
+        if bits is None and self.manifest["default_bits"] is None:
+            with st("select"):  # a dynamic model: the selectors run in PyTorch
+                bits = self.store.choose_profile(x)
         bits = tuple(bits) if bits is not None else self.store.choose_profile(x)
         hyper = "h_s_int" if self.manifest["options"]["hyper"] == "integer" else "h_s"
         lo = self.loaded(bits, ("g_a", "h_a", hyper))
-        times: dict[str, float] = {}
-        now = timer(self.threads)
-        t = now()
-        y = lo.run("g_a", x.numpy())
-        times["g_a"] = now() - t
-        t = now()
-        z = torch.from_numpy(lo.run("h_a", y))
-        times["h_a"] = now() - t
-        t = now()
-        z_strings = self.entropy_bottleneck.compress(z)
-        z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
-        times["entropy"] = now() - t
-        t = now()
-        indexes, means = self._entropy_parameters(lo, z_hat, self.manifest["options"]["hyper"])
-        times["h_s"] = now() - t
-        t = now()
-        y_strings = self.gaussian_conditional.compress(torch.from_numpy(y), indexes, means=means)
-        times["entropy"] += now() - t
+        with st("g_a"):
+            y = lo.run("g_a", x.numpy())
+        with st("h_a"):
+            z = torch.from_numpy(lo.run("h_a", y))
+        with st("entropy"):
+            z_strings = self.entropy_bottleneck.compress(z)
+            z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+        with st("h_s"):
+            indexes, means = self._entropy_parameters(lo, z_hat, self.manifest["options"]["hyper"])
+        with st("entropy"):
+            y_strings = self.gaussian_conditional.compress(torch.from_numpy(y), indexes, means=means)
         arithmetic = "integer" if self.manifest["options"]["hyper"] == "integer" else "float:ort-cpu"
-        header = Header(self.manifest["model_id"], h, w, bits, arithmetic)
-        data = pack(header, [y_strings, z_strings], z.shape[-2:])
+        with st("write"):
+            header = Header(self.manifest["model_id"], h, w, bits, arithmetic)
+            data = pack(header, [y_strings, z_strings], z.shape[-2:])
         enc = Encoded(data, dict(zip(self.store.layer_names, bits, strict=True)),
                       time.perf_counter() - t0, h, w)
-        return enc, {"profile": lo.artifact.key, "times": times}
+        return enc, {"profile": lo.artifact.key, "times": st.primary, "stages": st}
 
     @torch.no_grad()
     def latents(self, data: bytes) -> tuple[torch.Tensor, Header, dict]:
-        """Entropy-decode bytes: (y_hat, header, {"loaded", "times", "n_events"}) for `decode`."""
-        header, strings, shape = unpack(data)
+        """Entropy-decode bytes: (y_hat, header, {"loaded", "stages", "n_events"}) for `decode`."""
+        st = Stages(self.threads)
+        with st("read"):
+            header, strings, shape = unpack(data)
         refuse_arithmetic(header.hyper, "ort-cpu")
         if header.model_id != self.manifest["model_id"]:
             raise BitstreamError(f"file was written by model {header.model_id}, but this export is "
@@ -222,39 +223,33 @@ class Runtime:
         lo = self.loaded(header.profile_bits, ("g_s",) if integer else ("h_s", "g_s"))
         if integer:  # loaded (or built from source.pt) before anything is timed
             self._integer_hyper(lo)
-        now = timer(self.threads)
-        times: dict[str, float] = {}
         try:
-            t = now()
-            z_hat = self.entropy_bottleneck.decompress([padded(z_string, z_symbols)], shape)
-            times["entropy"] = now() - t
-            t = now()
-            indexes, means = self._entropy_parameters(lo, z_hat, "integer" if integer else "float")
-            times["h_s"] = now() - t
-            t = now()
-            y_hat = self.gaussian_conditional.decompress([padded(y_string, indexes.numel())], indexes,
-                                                         z_hat.dtype, means=means)
-            times["entropy"] += now() - t
+            with st("entropy"):
+                z_hat = self.entropy_bottleneck.decompress([padded(z_string, z_symbols)], shape)
+            with st("h_s"):
+                indexes, means = self._entropy_parameters(lo, z_hat, "integer" if integer else "float")
+            with st("entropy"):
+                y_hat = self.gaussian_conditional.decompress([padded(y_string, indexes.numel())],
+                                                             indexes, z_hat.dtype, means=means)
         except (RuntimeError, ValueError, IndexError, TypeError, KeyError, AssertionError) as e:
             raise BitstreamError(f"entropy-coded payload does not decode ({type(e).__name__}: "
                                  f"{str(e)[:200]})") from None
-        return y_hat, header, {"loaded": lo, "times": times, "n_events": n_events}
+        return y_hat, header, {"loaded": lo, "stages": st, "n_events": n_events}
 
     @torch.no_grad()
     def decode(self, data: bytes) -> tuple[torch.Tensor, Header, dict]:
         """Bytes → ([1, 3, H, W] in [0, 1], header, timings and cache events)."""
         y_hat, header, state = self.latents(data)
-        lo, times = state["loaded"], state["times"]
-        now = timer(self.threads)
-        t = now()
-        x_hat = torch.from_numpy(lo.run("g_s", y_hat.numpy()))
-        times["g_s"] = now() - t
+        lo, st = state["loaded"], state["stages"]
+        with st("g_s"):
+            x_hat = torch.from_numpy(lo.run("g_s", y_hat.numpy()))
         hp = -(-header.height // PAD_MULTIPLE) * PAD_MULTIPLE
         wp = -(-header.width // PAD_MULTIPLE) * PAD_MULTIPLE
         if tuple(x_hat.shape[-2:]) != (hp, wp):
             raise BitstreamError(f"decoded size {tuple(x_hat.shape[-2:])} does not match the header")
         _, pad = pad_to_multiple(torch.empty(1, 1, header.height, header.width), PAD_MULTIPLE)
-        info = {"profile": lo.artifact.key, "times": times, "events": self.events[state["n_events"]:]}
+        info = {"profile": lo.artifact.key, "times": st.primary, "stages": st,
+                "events": self.events[state["n_events"]:]}
         return crop_padding(x_hat, pad).clamp(0, 1), header, info
 
 

@@ -86,7 +86,7 @@ def test_runtime_streams_decode_with_pytorch(exported, torch_model, image):
     assert abs(enc.bpp - torch_enc.bpp) <= 0.02 * torch_enc.bpp
     x_hat, header = decode(model, model_id, enc.data)
     assert header.hyper == "integer" and psnr(image, x_hat) > 5
-    assert set(info["times"]) == {"g_a", "h_a", "h_s", "entropy"}
+    assert set(info["times"]) == {"g_a", "h_a", "h_s", "entropy", "write"}
     float_enc, _ = Runtime(exported["exact"]).encode(image)
     with pytest.raises(BitstreamError, match="float:ort-cpu.*ONNX Runtime: dqsearch decompress --runtime"):
         decode(model, model_id, float_enc.data)
