@@ -7,8 +7,10 @@ parameters, rANS, file write) for FP32, uniform 8-bit and a mixed DynaQuant prof
 Models (no training; built in --work): the embedded ScaleHyperprior (N=64, M=96, quality 3) in
 FP32, exported in its fastest FP32 form (float h_s in ONNX Runtime, ConvTranspose: sub-pixel is
 slower in FP32); the same model post-training quantized to 8 bits (int8 g_a/g_s, integer h_s,
-sub-pixel g_s); and a DynaQuant model (candidates 6, 8; PTQ, untrained selectors) whose selectors
-pick a mixed profile per image in PyTorch at the encoder (the `select` stage). Sessions are created
+sub-pixel g_s); and a DynaQuant model (candidates 6, 8, 10; PTQ, untrained selectors): `mixed`
+codes with a fixed mixed profile (MIXED: g_a.0 at 10 bits, the rest alternating 6/8, b̄ ≈ 7.3),
+`mixed-selectors` lets the selectors pick the profile per image in PyTorch at the encoder (the
+`select` stage; untrained, they pick 6 bits everywhere). Sessions are created
 once per variant (the CLI creates them per call: reported separately as `session_seconds`). Each
 round runs every variant once, at 1 thread (thread CPU time) and at all cores (wall time).
 """
@@ -27,6 +29,9 @@ import torch
 from dqsearch.atomic import write_json
 from dqsearch.backends import cpu_model
 
+MIXED = {"g_a.0": 10, "g_a.2": 6, "g_a.4": 8, "g_a.6": 6, "h_a.0": 8, "h_a.2": 6, "h_a.4": 8,
+         "h_s.0": 8, "h_s.2": 6, "h_s.4": 8, "g_s.0": 6, "g_s.2": 8, "g_s.4": 6, "g_s.6": 8}
+
 
 def _dynamic_ptq(path: Path) -> Path:
     from dqsearch.data import list_images, load_image, pad_to_multiple, sample_images_dir
@@ -34,7 +39,7 @@ def _dynamic_ptq(path: Path) -> Path:
     from dqsearch.quant.wrap import QuantPolicy, calibrate, wrap
 
     ck = load_checkpoint(resolve_checkpoint("embedded:3"))
-    policy = QuantPolicy.dynamic((6, 8))
+    policy = QuantPolicy.dynamic((6, 8, 10))
     model = wrap(ck.model.eval(), policy)
     crops = [pad_to_multiple(load_image(p).unsqueeze(0)[..., :256, :256], 64)[0]
              for p in list_images(sample_images_dir())[:2]]
@@ -45,7 +50,8 @@ def _dynamic_ptq(path: Path) -> Path:
     return path
 
 
-def exports(work: Path, image: Path) -> dict[str, Path]:
+def exports(work: Path, image: Path) -> dict[str, tuple[Path, tuple[int, ...] | None]]:
+    """name → (export folder, forced bits or None)."""
     from dqsearch.data import load_image, pad_to_multiple
     from dqsearch.deploy.artifact import Options, export_model
     from dqsearch.deploy.crosscheck import ptq_checkpoint
@@ -57,12 +63,17 @@ def exports(work: Path, image: Path) -> dict[str, Path]:
         "fp32": (resolve_checkpoint("embedded:3"), Options(arithmetic="exact", hyper="float", subpixel="off"),
                  None),
         "int8": (ptq_checkpoint(work / "ptq8.pt"), Options(subpixel="on"), None),
-        "mixed": (_dynamic_ptq(work / "dq68.pt"), Options(subpixel="on"), [x]),
+        "mixed": (_dynamic_ptq(work / "dq6810.pt"), Options(subpixel="on"), [x]),
     }
     out = {}
     for name, (ckpt, opts, images) in specs.items():
-        export_model(ckpt, work / name, options=opts, images=images, force=True)
-        out[name] = work / name
+        store = export_model(ckpt, work / name, options=opts, images=images, force=True)
+        out[name] = (work / name, None)
+        if name == "mixed":
+            bits = tuple(MIXED[n] for n in store.layer_names)
+            store.profile(bits)
+            out["mixed"] = (work / name, bits)
+            out["mixed-selectors"] = (work / name, None)
     return out
 
 
@@ -81,16 +92,17 @@ def main() -> None:
     folders = exports(Path(args.work), Path(args.image))
     all_cores = os.cpu_count() or 1
     runtimes, session_seconds = {}, {}
-    for name, folder in folders.items():
+    forced = {}
+    for name, (folder, bits) in folders.items():
+        forced[name] = bits
         for threads in dict.fromkeys((1, all_cores)):
-            rt = Runtime(folder, threads)
-            runtimes[(name, threads)] = rt
+            runtimes[(name, threads)] = Runtime(folder, threads)
     samples: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.warmup + args.rounds):
             for (name, threads), rt in runtimes.items():
                 stream, png = Path(tmp) / f"{name}.dqs", Path(tmp) / f"{name}.png"
-                enc, ei = compress_with(rt, args.image, stream)
+                enc, ei = compress_with(rt, args.image, stream, forced[name])
                 _, header, di = decompress_with(rt, stream, png)
                 if r == 0:
                     session_seconds[f"{name}@{threads}"] = sum(

@@ -15,13 +15,15 @@ from .runtime import Runtime
 from .stages import Stages
 
 
-def compress_with(runtime: Runtime, image_path: str | Path, output: str | Path) -> tuple[Encoded, dict]:
-    """Encode one image file with an open runtime (sessions reused: what a batch of files costs)."""
+def compress_with(runtime: Runtime, image_path: str | Path, output: str | Path,
+                  bits: tuple[int, ...] | None = None) -> tuple[Encoded, dict]:
+    """Encode one image file with an open runtime (sessions reused: what a batch of files costs);
+    `bits` forces a precision profile (default: the export's, or the selectors' choice)."""
     check_output(output, image_path)
     io = Stages(runtime.threads)
     with io("read"):
         image = load_image(image_path)
-    enc, info = runtime.encode(image)
+    enc, info = runtime.encode(image, bits)
     with io("write"):
         write_bytes(output, enc.data)
     info["stages"].merge(io)
