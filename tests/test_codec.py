@@ -166,3 +166,38 @@ def test_random_mutations_never_crash(ck, encoded):
             decode(ck.model, ck.model_id, bytes(b))
         except BitstreamError:
             pass
+
+
+_WITHOUT_ORT = """
+import sys
+import compressai.models  # torch's dynamo probes for onnx while compressai imports
+for m in [k for k in sys.modules if k.split('.')[0] in ('onnx', 'onnxruntime', 'dqsearch_ort')]:
+    del sys.modules[m]
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('onnx', 'onnxruntime', 'dqsearch_ort'):
+            raise ImportError(f"no module named {name}")
+sys.meta_path.insert(0, Block())
+from dqsearch.cli import main
+ck, png = sys.argv[1], sys.argv[2]
+assert main(["compress", png, "-o", png + ".dqs", "--checkpoint", ck]) == 0
+assert main(["decompress", png + ".dqs", "-o", png + ".out.png", "--checkpoint", ck]) == 0
+assert not [k for k in sys.modules if k.startswith("onnx")]
+assert main(["decompress", png + ".dqs", "-o", png + ".2.png", "--runtime", png]) == 2
+"""
+
+
+def test_integer_default_needs_no_onnx(tiny_quant_checkpoint, sample_paths, tmp_path):
+    """Without onnx/onnxruntime the PyTorch codec (integer entropy parameters) works as before and
+    --runtime is one clear line."""
+    import subprocess
+    import sys
+
+    from dqsearch.data import load_image, save_image
+
+    png = tmp_path / "in.png"
+    save_image(load_image(sample_paths[0])[:, :40, :70], png)
+    r = subprocess.run([sys.executable, "-c", _WITHOUT_ORT, str(tiny_quant_checkpoint), str(png)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "needs onnx, onnxruntime" in r.stderr and "pip install" in r.stderr

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..codec import BitstreamError, encode, latents
 from ..data import list_images, load_image, pad_to_multiple, sample_images_dir
-from .runtime import Runtime
+
+if TYPE_CHECKING:  # onnxruntime is needed only by whoever passes a Runtime
+    from .runtime import Runtime
 
 
 def engines(model: nn.Module, model_id: str, runtime: Runtime, float_runtime: Runtime | None = None
