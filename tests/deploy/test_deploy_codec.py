@@ -207,3 +207,27 @@ def test_runtime_refuses_crafted_streams_and_decodes_short_ones_deterministicall
     dec = lambda b: runtime.decode(b)[0]  # noqa: E731
     digests = {run_forked(dec, short, 120, (BitstreamError,), dirty=s).digest for s in range(2)}
     assert len(digests) == 1 and "" not in digests
+
+
+@pytest.mark.parametrize("size", [(64, 96), (37, 53), (77, 131), (1, 1)])
+def test_same_bytes_same_image_at_any_size(exported, torch_model, sample_paths, size):
+    """PyTorch's default (integer) stream through the exports, odd sizes included: identical
+    latents; the exact export's image equals PyTorch's (> 60 dB), the int8 one within 0.5 dB."""
+    from dqsearch.codec import latents
+    from dqsearch.data import load_image
+
+    model, model_id = torch_model
+    h, w = size
+    x = load_image(sample_paths[3])[:, :h, :w].unsqueeze(0).contiguous()
+    enc = encode(model, model_id, x)
+    ref, _ = decode(model, model_id, enc.data)
+    y_ref = latents(model, model_id, enc.data)[0]
+    for name in ("exact", "int8", "integer"):
+        rt = Runtime(exported[name])
+        assert torch.equal(rt.latents(enc.data)[0], y_ref), name
+        x_hat, header, _ = rt.decode(enc.data)
+        assert x_hat.shape == ref.shape == x.shape and header.hyper == "integer"
+        if name == "exact":
+            assert psnr(ref, x_hat) > 60
+        elif h > 1:
+            assert abs(psnr(x, x_hat) - psnr(x, ref)) <= 0.5, name
