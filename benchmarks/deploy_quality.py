@@ -6,8 +6,10 @@
 For each image: the PyTorch codec's file and PSNR; that same file decoded through each export (bpp
 is the file's, so identical by construction; the test is that it decodes and how far the PSNR
 moves); and each export's own encode + decode round trip (its bpp can differ: an int8 g_a rounds
-a few latents differently). The PyTorch reference uses the float h_s (`dqsearch.codec`) for
-exports made with --hyper float and the integer h_s (`dqsearch.deploy.torch_codec`) otherwise.
+a few latents differently). The file fed to every export is PyTorch's default stream (integer
+entropy parameters: since bitstream v2 every export decodes it, one made with --hyper float
+builds the integer h_s from its source checkpoint); an export's own encode is compared with the
+PyTorch codec of the same arithmetic (float:torch for --hyper float exports).
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ def main() -> None:
     ck = load_checkpoint(args.checkpoint)
     model = ck.model.eval()
     runtimes = {k: Runtime(v) for k, v in (e.split("=", 1) for e in args.exports)}
-    hypers = sorted({rt.manifest["options"]["hyper"] for rt in runtimes.values()})
-    codecs = {"float": (encode, decode), "integer": (torch_codec.encode, torch_codec.decode)}
+    hypers = sorted({"integer", *(rt.manifest["options"]["hyper"] for rt in runtimes.values())})
+    codecs = {"float": (lambda m, i, x: encode(m, i, x, hyper="float:torch"), decode),
+              "integer": (torch_codec.encode, torch_codec.decode)}
     rows = []
     for path in list_images(args.dataset)[: args.limit]:
         x = load_image(path).unsqueeze(0)
@@ -52,9 +55,8 @@ def main() -> None:
             files[hyper] = enc.data
             row |= {f"bpp_torch_{hyper}": enc.bpp, f"psnr_torch_{hyper}": psnr(x, ref)}
         for name, rt in runtimes.items():
-            hyper = rt.manifest["options"]["hyper"]
             try:
-                x_hat, _, _ = rt.decode(files[hyper])
+                x_hat, _, _ = rt.decode(files["integer"])
                 row[f"{name}:psnr_torch_file"] = psnr(x, x_hat)
             except BitstreamError as e:
                 row[f"{name}:psnr_torch_file"] = None
@@ -71,7 +73,7 @@ def main() -> None:
     deltas = {}
     for name, rt in runtimes.items():
         h = rt.manifest["options"]["hyper"]
-        d = [r[f"{name}:psnr_torch_file"] - r[f"psnr_torch_{h}"] for r in rows
+        d = [r[f"{name}:psnr_torch_file"] - r["psnr_torch_integer"] for r in rows
              if r[f"{name}:psnr_torch_file"] is not None]
         deltas[name] = {"hyper": h, "torch_file_mean_db": statistics.fmean(d), "torch_file_worst_db": min(d),
                         "torch_file_broken (> 1 dB below)": sum(v < -1 for v in d),

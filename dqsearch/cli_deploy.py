@@ -87,22 +87,32 @@ def cmd_compress_runtime(args: argparse.Namespace) -> int:
     miss = f"; profile built now (cache miss, {misses[0]['seconds']:.1f} s)" if misses else ""
     print(f"{args.output}: {len(enc.data)} bytes, {enc.bpp:.4f} bpp, {enc.width}x{enc.height}, "
           f"profile {info['profile']} ({times}){miss}")
+    _print_timing(args, info, f"compress {args.image} ({enc.width}x{enc.height})")
     return 0
+
+
+def _print_timing(args: argparse.Namespace, info: dict, title: str) -> None:
+    """`--timing`: the per-stage table (session creation and cache misses are outside it)."""
+    if not getattr(args, "timing", False):
+        return
+    from .deploy.stages import table
+
+    st = info["stages"]
+    print(table(st.wall, st.cpu, f"{title}, {st.threads} thread(s); excludes session creation"))
 
 
 def cmd_decompress_runtime(args: argparse.Namespace) -> int:
     _require_ort()
     from .codec import check_output
-    from .data import save_image
     from .deploy.files import decompress_file
 
     check_output(args.output, args.file)
-    x_hat, header, info = decompress_file(args.runtime, args.file, args.threads or 1)
-    save_image(x_hat, args.output)
+    x_hat, header, info = decompress_file(args.runtime, args.file, args.threads or 1, args.output)
     times = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in info["times"].items())
     misses = [e for e in info["events"] if e.get("cache") == "miss"]
     miss = f"; profile built now (cache miss, {misses[0]['seconds']:.1f} s)" if misses else ""
     print(f"{args.output}: {header.width}x{header.height}, profile {info['profile']} ({times}){miss}")
+    _print_timing(args, info, f"decompress {args.file} ({header.width}x{header.height})")
     return 0
 
 
@@ -140,4 +150,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             continue
         parser.add_argument("--runtime", metavar="DIR",
                             help=f"{what} through the artifacts of `dqsearch export -o DIR`")
+        parser.add_argument("--timing", action="store_true",
+                            help="with --runtime: print a per-stage table (transforms, entropy coding, "
+                                 "I/O; wall and thread CPU time)")
         parser.set_defaults(func=_with_runtime(parser.get_default("func"), cmd))

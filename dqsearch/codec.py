@@ -1,9 +1,16 @@
 """The dqsearch bitstream: a small versioned header (model id, image size, per-layer bit-widths)
 followed by CompressAI's entropy-coded strings, so a decoder needs only the file and the checkpoint.
 
-Layout (big-endian):
+Layout (big-endian), version 2:
     magic "DQSB" | version u8 | crc32 u32 of everything after it | model id 8 bytes |
-    height u16 | width u16 | layer count u16 | bits u8 × count | payload
+    height u16 | width u16 | layer count u16 | bits u8 × count | entropy-parameter arithmetic u8 |
+    payload
+The arithmetic byte says how the scale-table indexes were computed, so that a decoder that cannot
+reproduce them bit for bit refuses the file instead of desynchronising the rANS stream (garbage):
+`integer` (`dqsearch.deploy.int_hyper`: identical on every engine and machine; the default wherever
+the model allows it) or the float h_s of one engine (`float:torch`, `float:ort-cpu`), which only
+that engine decodes. Version 1 (no byte; an optional payload tag "h") is still read: its untagged
+streams are `float:v1`, which PyTorch decodes as before and other engines refuse.
 The payload is a tagged tree (bytes / list / dict / int) holding CompressAI's `strings` and
 `shape`. Every length is checked against the bytes that remain, the image size is bounded before
 anything is allocated, and the CRC turns any bit flip or truncation into a clear error instead of a
@@ -33,7 +40,17 @@ from .streamcheck import LayoutError, checked_strings
 
 MAGIC = b"DQSB"
 PREAMBLE = len(MAGIC) + 5  # magic, version u8, crc32 u32: what `seal` puts before the body
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
+# entropy-parameter arithmetic: header byte ↔ name (0 is never written, so a zeroed byte is caught)
+ARITHMETIC_CODES = {1: "integer", 2: "float:torch", 3: "float:ort-cpu"}
+ARITHMETICS = (*ARITHMETIC_CODES.values(), "float:v1")
+# who can decode a float stream bit-exactly: its own engine only
+ENGINE_HINT = {
+    "float:torch": "PyTorch: dqsearch decompress without --runtime",
+    "float:v1": "PyTorch: dqsearch decompress without --runtime",
+    "float:ort-cpu": "ONNX Runtime: dqsearch decompress --runtime DIR (an export of this model)",
+}
 PAD_MULTIPLE = 64
 MAX_SIDE = 16384
 MAX_PIXELS = 64 * 1024 * 1024
@@ -53,7 +70,7 @@ class Header:
     height: int
     width: int
     profile_bits: tuple[int, ...]  # per quantized layer, in the model's layer order (32 = FP32)
-    hyper: str = "float"  # how the entropy parameters were computed: "float" or "integer" (deploy)
+    hyper: str = "float:torch"  # entropy-parameter arithmetic: one of ARITHMETICS
 
 
 # --- payload tree ---------------------------------------------------------------------------------
@@ -119,10 +136,12 @@ def pack(header: Header, strings: Any, shape: Any) -> bytes:
     body = bytearray(bytes.fromhex(header.model_id))
     body += struct.pack(">HHH", header.height, header.width, len(header.profile_bits))
     body += bytes(header.profile_bits)
-    payload = {"s": strings, "p": shape}
-    if header.hyper != "float":  # only integer-hyper streams (dqsearch.deploy) carry the tag
-        payload["h"] = header.hyper.encode()
-    _pack_tree(payload, body)
+    codes = {v: k for k, v in ARITHMETIC_CODES.items()}
+    if header.hyper not in codes:
+        raise ValueError(f"cannot write entropy-parameter arithmetic {header.hyper!r}; "
+                         f"one of {sorted(codes)}")
+    body.append(codes[header.hyper])
+    _pack_tree({"s": strings, "p": shape}, body)
     return seal(bytes(body))
 
 
@@ -138,8 +157,9 @@ def unpack(data: bytes) -> tuple[Header, Any, Any]:
     if len(data) < PREAMBLE or data[:4] != MAGIC:
         raise BitstreamError("not a dqsearch bitstream (wrong magic number)")
     version, crc = struct.unpack(">BI", data[4:PREAMBLE])
-    if version != VERSION:
-        raise BitstreamError(f"bitstream format version {version}; this dqsearch reads version {VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise BitstreamError(f"bitstream format version {version}; this dqsearch reads versions "
+                             f"{', '.join(map(str, READABLE_VERSIONS))} (a newer dqsearch wrote it: upgrade)")
     body = data[PREAMBLE:]
     if zlib.crc32(body) != crc:
         raise BitstreamError("file is corrupted or truncated (checksum mismatch)")
@@ -150,16 +170,34 @@ def unpack(data: bytes) -> tuple[Header, Any, Any]:
         raise BitstreamError(f"header claims a {width}x{height} image, beyond the {MAX_SIDE} px / "
                              f"{MAX_PIXELS // 2**20} MP limit")
     bits = tuple(r.take(n_layers, "layer bit-widths"))
+    if version >= 2:
+        (code,) = r.take(1, "entropy-parameter arithmetic")
+        if code not in ARITHMETIC_CODES:
+            raise BitstreamError(f"unknown entropy-parameter arithmetic {code} (a newer dqsearch wrote "
+                                 "the file: upgrade)")
+        hyper = ARITHMETIC_CODES[code]
     payload = r.tree()
     if r.pos != len(body):
         raise BitstreamError("trailing bytes after the payload")
-    if not isinstance(payload, dict) or set(payload) - {"h"} != {"s", "p"}:
+    tags = {"h"} if version == 1 else set()
+    if not isinstance(payload, dict) or set(payload) - tags != {"s", "p"}:
         raise BitstreamError("payload lacks strings or shape")
-    hyper = payload.get("h", b"float")
-    if hyper not in (b"float", b"integer"):
-        raise BitstreamError(f"unknown hyper-synthesis tag {hyper!r}")
+    if version == 1:
+        tag = payload.get("h", b"float")
+        if tag not in (b"float", b"integer"):
+            raise BitstreamError(f"unknown hyper-synthesis tag {tag!r}")
+        hyper = "integer" if tag == b"integer" else "float:v1"
     _check_shape(payload["p"], height, width)
-    return Header(model_id, height, width, bits, hyper.decode()), payload["s"], payload["p"]
+    return Header(model_id, height, width, bits, hyper), payload["s"], payload["p"]
+
+
+def refuse_arithmetic(hyper: str, engine: str) -> None:
+    """One clear line when `engine` cannot reproduce a stream's entropy parameters bit for bit."""
+    own = hyper.removeprefix("float:") == engine or (engine == "torch" and hyper == "float:v1")
+    if hyper == "integer" or own:
+        return
+    raise BitstreamError(f"file's entropy parameters come from the {hyper} hyper-synthesis, which only "
+                         f"its own engine reproduces bit for bit; decode it with {ENGINE_HINT[hyper]}")
 
 
 def _check_shape(shape: Any, height: int, width: int) -> None:
@@ -256,10 +294,26 @@ def _profile_for(model: nn.Module, x: Tensor) -> dict[str, int]:
     return {n: (m.candidates[0] if m.mode == "fixed" else FP32) for n, m in layers.items()}
 
 
+def _arithmetic(model: nn.Module, profile: dict[str, int], hyper: str) -> str:
+    """The entropy-parameter arithmetic to encode with: `auto` is integer wherever the model allows."""
+    from .deploy.torch_codec import integer_unsupported
+
+    if hyper not in ("auto", "integer", "float:torch"):
+        raise ValueError(f"hyper must be auto, integer or float:torch, got {hyper!r}")
+    if hyper == "float:torch":
+        return hyper
+    why = integer_unsupported(model, profile)
+    if why and hyper == "integer":
+        raise ValueError(f"the integer hyper-synthesis is not available: {why}")
+    return "float:torch" if why else "integer"
+
+
 @torch.no_grad()
 def encode(model: nn.Module, model_id: str, image: Tensor, name: str = "image",
-           limit: int | None = None) -> Encoded:
-    """Compress a [1, 3, H, W] (or [3, H, W]) image in [0, 1] into dqsearch bytes."""
+           limit: int | None = None, hyper: str = "auto") -> Encoded:
+    """Compress a [1, 3, H, W] (or [3, H, W]) image in [0, 1] into dqsearch bytes. `hyper`: auto
+    (integer entropy parameters wherever the model allows: portable to every engine), integer, or
+    float:torch (PyTorch's float h_s: only PyTorch decodes the file)."""
     if image.dim() == 3:
         image = image.unsqueeze(0)
     if image.shape[0] != 1 or image.shape[1] != 3:
@@ -277,20 +331,44 @@ def encode(model: nn.Module, model_id: str, image: Tensor, name: str = "image",
     profile = _profile_for(model, x)
     if profile:
         set_profile(model, profile)
-    out = model.compress(x)
-    header = Header(model_id, h, w, tuple(profile.values()))
-    data = pack(header, out["strings"], out["shape"])
+    arithmetic = _arithmetic(model, profile, hyper)
+    if arithmetic == "integer":
+        strings, shape = _compress_integer(model, profile, x)
+    else:
+        out = model.compress(x)
+        strings, shape = out["strings"], out["shape"]
+    data = pack(Header(model_id, h, w, tuple(profile.values()), arithmetic), strings, shape)
     return Encoded(data, profile, time.perf_counter() - t0, h, w)
 
 
+def _compress_integer(model: nn.Module, profile: dict[str, int], x: Tensor) -> tuple[list, Any]:
+    """ScaleHyperprior.compress with the scale-table indexes from the integer h_s."""
+    from .deploy.torch_codec import integer_indexes
+
+    y = model.g_a(x)
+    z = model.h_a(torch.abs(y))
+    z_strings = model.entropy_bottleneck.compress(z)
+    z_hat = model.entropy_bottleneck.decompress(z_strings, z.size()[-2:])
+    y_strings = model.gaussian_conditional.compress(y, integer_indexes(model, profile, z_hat))
+    return [y_strings, z_strings], z.size()[-2:]
+
+
+def _latents_integer(model: nn.Module, profile: dict[str, int], strings: list, shape: Any) -> Tensor:
+    """y_hat of an integer stream (strings already checked and padded)."""
+    from .deploy.torch_codec import integer_indexes
+
+    z_hat = model.entropy_bottleneck.decompress(strings[1], shape)
+    indexes = integer_indexes(model, profile, z_hat)
+    return model.gaussian_conditional.decompress(strings[0], indexes, z_hat.dtype)
+
+
 @torch.no_grad()
-def decode(model: nn.Module, model_id: str, data: bytes, name: str = "file",
-           limit: int | None = None) -> tuple[Tensor, Header]:
-    """Decode bytes with the matching model; returns ([1, 3, H, W] in [0, 1], header)."""
+def latents(model: nn.Module, model_id: str, data: bytes, name: str = "file",
+            limit: int | None = None) -> tuple[Tensor | None, Header, dict]:
+    """Entropy-decode a file: (y_hat, header, state for `decode`). y_hat is None for models whose
+    CompressAI `decompress` does not expose it (only ScaleHyperprior's float and integer paths do)."""
     header, strings, shape = unpack(data)
-    if header.hyper != "float":
-        raise BitstreamError(f"file was encoded with the {header.hyper} hyper-synthesis of a deployed "
-                             "model: decode it with the export it came from (decompress --runtime DIR)")
+    refuse_arithmetic(header.hyper, "torch")
     if header.model_id != model_id:
         raise BitstreamError(f"file was written by model {header.model_id}, but the checkpoint is "
                              f"model {model_id}: decode with the checkpoint that encoded it")
@@ -306,18 +384,47 @@ def decode(model: nn.Module, model_id: str, data: bytes, name: str = "file",
         raise BitstreamError(str(e)) from None
     check_memory(model, header.height, header.width, name, limit)
     model.eval()
+    profile = dict(zip(layers, header.profile_bits, strict=True))
     if layers:
         try:
-            set_profile(model, dict(zip(layers, header.profile_bits, strict=True)))
+            set_profile(model, profile)
         except ValueError as e:
             raise BitstreamError(f"file's precision profile does not fit the model: {e}") from None
+    if header.hyper == "integer":
+        from .deploy.torch_codec import integer_unsupported
+
+        why = integer_unsupported(model, profile)
+        if why:
+            raise BitstreamError(f"file uses integer entropy parameters, which this model cannot "
+                                 f"compute: {why}")
+    state = {"strings": strings, "shape": shape, "size": (hp, wp)}
     try:
-        out = model.decompress(strings, shape)
+        if header.hyper == "integer":
+            return _latents_integer(model, profile, strings, shape), header, state
+        if type(model).__name__ == "ScaleHyperprior":
+            z_hat = model.entropy_bottleneck.decompress(strings[1], shape)
+            indexes = model.gaussian_conditional.build_indexes(model.h_s(z_hat))
+            return model.gaussian_conditional.decompress(strings[0], indexes, z_hat.dtype), header, state
+        return None, header, state
     except (RuntimeError, ValueError, IndexError, TypeError, KeyError, AssertionError) as e:
         raise BitstreamError(f"entropy-coded payload does not decode ({type(e).__name__}: "
                              f"{str(e)[:200]})") from None
-    x_hat = out["x_hat"]
-    if tuple(x_hat.shape[-2:]) != (hp, wp):
+
+
+@torch.no_grad()
+def decode(model: nn.Module, model_id: str, data: bytes, name: str = "file",
+           limit: int | None = None) -> tuple[Tensor, Header]:
+    """Decode bytes with the matching model; returns ([1, 3, H, W] in [0, 1], header)."""
+    y_hat, header, state = latents(model, model_id, data, name, limit)
+    try:
+        if y_hat is not None:
+            x_hat = model.g_s(y_hat)
+        else:
+            x_hat = model.decompress(state["strings"], state["shape"])["x_hat"]
+    except (RuntimeError, ValueError, IndexError, TypeError, KeyError, AssertionError) as e:
+        raise BitstreamError(f"entropy-coded payload does not decode ({type(e).__name__}: "
+                             f"{str(e)[:200]})") from None
+    if tuple(x_hat.shape[-2:]) != state["size"]:
         raise BitstreamError(f"decoded size {tuple(x_hat.shape[-2:])} does not match the header")
     _, pad = pad_to_multiple(torch.empty(1, 1, header.height, header.width), PAD_MULTIPLE)
     # garbage strings can decode to huge latents and NaN pixels: NaN becomes 0, not undefined bytes

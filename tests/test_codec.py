@@ -39,6 +39,58 @@ def test_header_round_trip():
     assert h2 == h and s2 == strings and p2 == shape
 
 
+def _as_version_1(data: bytes, tag: bytes | None) -> bytes:
+    """The same stream in format version 1: no arithmetic byte, an optional payload tag "h"."""
+    import struct
+    import zlib
+
+    from dqsearch.codec import MAGIC, PREAMBLE, _pack_tree
+
+    header, strings, shape = unpack(data)
+    body = bytearray(data[PREAMBLE:PREAMBLE + 14 + len(header.profile_bits)])
+    _pack_tree({"s": strings, "p": shape, **({"h": tag} if tag else {})}, body)
+    return MAGIC + struct.pack(">BI", 1, zlib.crc32(bytes(body))) + bytes(body)
+
+
+def test_arithmetic_is_in_the_header_and_version_1_is_still_read(ck, encoded):
+    """Version 2 records the entropy-parameter arithmetic; PyTorch writes integer by default for a
+    quantized ScaleHyperprior; version 1 files still decode (untagged ones as float:v1)."""
+    x, enc = encoded
+    header = unpack(enc.data)[0]
+    assert enc.data[4] == 2 and header.hyper == "integer"
+    ref, _ = decode(ck.model, ck.model_id, enc.data)
+    old_integer = _as_version_1(enc.data, b"integer")
+    assert unpack(old_integer)[0].hyper == "integer"
+    assert torch.equal(decode(ck.model, ck.model_id, old_integer)[0], ref)
+    float_data = encode(ck.model, ck.model_id, x, hyper="float:torch").data
+    assert unpack(float_data)[0].hyper == "float:torch"
+    old_float = _as_version_1(float_data, None)
+    assert unpack(old_float)[0].hyper == "float:v1"
+    assert torch.equal(decode(ck.model, ck.model_id, old_float)[0], decode(ck.model, ck.model_id,
+                                                                           float_data)[0])
+    bad = bytearray(enc.data)
+    bad[9 + 14 + len(header.profile_bits)] = 0  # the arithmetic byte
+    from dqsearch.codec import PREAMBLE, seal
+
+    with pytest.raises(BitstreamError, match="unknown entropy-parameter arithmetic 0"):
+        unpack(seal(bytes(bad[PREAMBLE:])))
+    with pytest.raises(BitstreamError, match="version 3"):
+        unpack(enc.data[:4] + b"\x03" + enc.data[5:])
+
+
+def test_fp32_models_keep_the_float_arithmetic(sample_paths):
+    from dqsearch.data import load_image
+    from dqsearch.models import build_model
+
+    model = build_model("bmshj2018-hyperprior", N=8, M=8).eval()
+    model.update(force=True)
+    x = load_image(sample_paths[0])[:, :32, :32].unsqueeze(0).contiguous()
+    data = encode(model, "0123456789abcdef", x).data
+    assert unpack(data)[0].hyper == "float:torch"
+    with pytest.raises(ValueError, match="not quantized"):
+        encode(model, "0123456789abcdef", x, hyper="integer")
+
+
 @pytest.mark.parametrize("size", [(48, 64), (37, 53), (1, 1)])
 def test_decode_reproduces_forward_for_any_size(ck, sample_paths, size):
     from dqsearch.data import load_image
@@ -114,3 +166,38 @@ def test_random_mutations_never_crash(ck, encoded):
             decode(ck.model, ck.model_id, bytes(b))
         except BitstreamError:
             pass
+
+
+_WITHOUT_ORT = """
+import sys
+import compressai.models  # torch's dynamo probes for onnx while compressai imports
+for m in [k for k in sys.modules if k.split('.')[0] in ('onnx', 'onnxruntime', 'dqsearch_ort')]:
+    del sys.modules[m]
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('onnx', 'onnxruntime', 'dqsearch_ort'):
+            raise ImportError(f"no module named {name}")
+sys.meta_path.insert(0, Block())
+from dqsearch.cli import main
+ck, png = sys.argv[1], sys.argv[2]
+assert main(["compress", png, "-o", png + ".dqs", "--checkpoint", ck]) == 0
+assert main(["decompress", png + ".dqs", "-o", png + ".out.png", "--checkpoint", ck]) == 0
+assert not [k for k in sys.modules if k.startswith("onnx")]
+assert main(["decompress", png + ".dqs", "-o", png + ".2.png", "--runtime", png]) == 2
+"""
+
+
+def test_integer_default_needs_no_onnx(tiny_quant_checkpoint, sample_paths, tmp_path):
+    """Without onnx/onnxruntime the PyTorch codec (integer entropy parameters) works as before and
+    --runtime is one clear line."""
+    import subprocess
+    import sys
+
+    from dqsearch.data import load_image, save_image
+
+    png = tmp_path / "in.png"
+    save_image(load_image(sample_paths[0])[:, :40, :70], png)
+    r = subprocess.run([sys.executable, "-c", _WITHOUT_ORT, str(tiny_quant_checkpoint), str(png)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "needs onnx, onnxruntime" in r.stderr and "pip install" in r.stderr

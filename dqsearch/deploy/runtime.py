@@ -1,10 +1,12 @@
 """The codec through exported artifacts: transforms in ONNX Runtime, entropy coding in CompressAI.
 
-The bitstream is dqsearch's own (`dqsearch.codec`): a file from `dqsearch compress` decodes here,
-and a file written here decodes with `dqsearch decompress` unless it used the integer
-hyper-synthesis (its header says so). The decoder picks the artifact of the header's precision
-profile; a profile not exported yet is built from the stored source checkpoint on first use
-(a cache miss, timed and reported) and kept on disk for the next file.
+The bitstream is dqsearch's own (`dqsearch.codec`). Streams with integer entropy parameters (the
+default of `dqsearch compress` for quantized ScaleHyperprior models, and of exports) decode here
+and with `dqsearch decompress` to the same latents; a stream from one engine's float h_s is refused
+by the other engine with a line naming the one that decodes it (its header says which). The
+decoder picks the artifact of the header's precision profile; a profile not exported yet is built
+from the stored source checkpoint on first use (a cache miss, timed and reported) and kept on disk
+for the next file.
 """
 
 from __future__ import annotations
@@ -19,10 +21,20 @@ import numpy as np
 import onnx
 import torch
 
-from ..codec import PAD_MULTIPLE, BitstreamError, Encoded, Header, check_memory, pack, unpack
+from ..codec import (
+    PAD_MULTIPLE,
+    BitstreamError,
+    Encoded,
+    Header,
+    check_memory,
+    pack,
+    refuse_arithmetic,
+    unpack,
+)
 from ..data import crop_padding, pad_to_multiple
 from ..streamcheck import Layout, LayoutError, check_stream, padded
 from .artifact import ProfileArtifact, Store
+from .stages import Stages
 
 
 def _ort():
@@ -120,13 +132,30 @@ class Runtime:
                             ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Scale-table indexes (and means, for mean-scale models) from z_hat."""
         if hyper == "integer":
-            idx = lo.artifact.integer_hyper().indexes(z_hat.numpy())
+            idx = self._integer_hyper(lo).indexes(z_hat.numpy())
             return torch.from_numpy(idx), None
         params = torch.from_numpy(lo.run("h_s", z_hat.numpy()))
         means = None
         if self.manifest["codec"]["means"]:
             params, means = params.chunk(2, 1)
         return self.gaussian_conditional.build_indexes(params), means
+
+    def _integer_hyper(self, lo: Loaded):
+        """The profile's integer h_s; an export made with --hyper float builds it from source.pt
+        (so it still decodes integer streams, the portable default)."""
+        if (lo.artifact.folder / "h_s_int.npz").is_file():
+            return lo.artifact.integer_hyper()
+        if lo.artifact._hyper is None:
+            from .torch_codec import integer_hyper, integer_unsupported
+
+            model = self.store.source().model
+            profile = dict(zip(self.store.layer_names, lo.artifact.info["bits"], strict=True))
+            why = integer_unsupported(model, profile)
+            if why:
+                raise BitstreamError(f"file uses integer entropy parameters, which this model cannot "
+                                     f"compute: {why}")
+            lo.artifact._hyper = integer_hyper(model, profile)
+        return lo.artifact._hyper
 
     # --- codec ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -140,44 +169,43 @@ class Runtime:
         _, _, h, w = image.shape
         check_memory(self._width(), h, w, "image")
         t0 = time.perf_counter()
+        st = Stages(self.threads)
         x, _ = pad_to_multiple(image, PAD_MULTIPLE)
+        if bits is None and self.manifest["default_bits"] is None:
+            with st("select"):  # a dynamic model: the selectors run in PyTorch
+                bits = self.store.choose_profile(x)
         bits = tuple(bits) if bits is not None else self.store.choose_profile(x)
         hyper = "h_s_int" if self.manifest["options"]["hyper"] == "integer" else "h_s"
         lo = self.loaded(bits, ("g_a", "h_a", hyper))
-        times: dict[str, float] = {}
-        now = timer(self.threads)
-        t = now()
-        y = lo.run("g_a", x.numpy())
-        times["g_a"] = now() - t
-        t = now()
-        z = torch.from_numpy(lo.run("h_a", y))
-        times["h_a"] = now() - t
-        t = now()
-        z_strings = self.entropy_bottleneck.compress(z)
-        z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
-        times["entropy"] = now() - t
-        t = now()
-        indexes, means = self._entropy_parameters(lo, z_hat, self.manifest["options"]["hyper"])
-        times["h_s"] = now() - t
-        t = now()
-        y_strings = self.gaussian_conditional.compress(torch.from_numpy(y), indexes, means=means)
-        times["entropy"] += now() - t
-        header = Header(self.manifest["model_id"], h, w, bits, self.manifest["options"]["hyper"])
-        data = pack(header, [y_strings, z_strings], z.shape[-2:])
+        with st("g_a"):
+            y = lo.run("g_a", x.numpy())
+        with st("h_a"):
+            z = torch.from_numpy(lo.run("h_a", y))
+        with st("entropy"):
+            z_strings = self.entropy_bottleneck.compress(z)
+            z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+        with st("h_s"):
+            indexes, means = self._entropy_parameters(lo, z_hat, self.manifest["options"]["hyper"])
+        with st("entropy"):
+            y_strings = self.gaussian_conditional.compress(torch.from_numpy(y), indexes, means=means)
+        arithmetic = "integer" if self.manifest["options"]["hyper"] == "integer" else "float:ort-cpu"
+        with st("write"):
+            header = Header(self.manifest["model_id"], h, w, bits, arithmetic)
+            data = pack(header, [y_strings, z_strings], z.shape[-2:])
         enc = Encoded(data, dict(zip(self.store.layer_names, bits, strict=True)),
                       time.perf_counter() - t0, h, w)
-        return enc, {"profile": lo.artifact.key, "times": times}
+        return enc, {"profile": lo.artifact.key, "times": st.primary, "stages": st}
 
     @torch.no_grad()
-    def decode(self, data: bytes) -> tuple[torch.Tensor, Header, dict]:
-        """Bytes → ([1, 3, H, W] in [0, 1], header, timings and cache events)."""
-        header, strings, shape = unpack(data)
+    def latents(self, data: bytes) -> tuple[torch.Tensor, Header, dict]:
+        """Entropy-decode bytes: (y_hat, header, {"loaded", "stages", "n_events"}) for `decode`."""
+        st = Stages(self.threads)
+        with st("read"):
+            header, strings, shape = unpack(data)
+        refuse_arithmetic(header.hyper, "ort-cpu")
         if header.model_id != self.manifest["model_id"]:
             raise BitstreamError(f"file was written by model {header.model_id}, but this export is "
                                  f"model {self.manifest['model_id']}: use the export of that checkpoint")
-        if header.hyper == "integer" and self.manifest["options"]["hyper"] != "integer":
-            raise BitstreamError("file was encoded with the integer hyper-synthesis, which this export "
-                                 "lacks: decode with an export made with --hyper integer")
         if len(header.profile_bits) != len(self.store.layer_names):
             raise BitstreamError(f"file has {len(header.profile_bits)} layer bit-widths, the model has "
                                  f"{len(self.store.layer_names)} quantized layers")
@@ -191,30 +219,37 @@ class Runtime:
             raise BitstreamError(str(e)) from None
         check_memory(self._width(), header.height, header.width, "bitstream")
         n_events = len(self.events)
-        lo = self.loaded(header.profile_bits, ("h_s_int" if header.hyper == "integer" else "h_s", "g_s"))
-        now = timer(self.threads)
-        times: dict[str, float] = {}
+        integer = header.hyper == "integer"
+        lo = self.loaded(header.profile_bits, ("g_s",) if integer else ("h_s", "g_s"))
+        if integer:  # loaded (or built from source.pt) before anything is timed
+            self._integer_hyper(lo)
         try:
-            t = now()
-            z_hat = self.entropy_bottleneck.decompress([padded(z_string, z_symbols)], shape)
-            times["entropy"] = now() - t
-            t = now()
-            indexes, means = self._entropy_parameters(lo, z_hat, header.hyper)
-            times["h_s"] = now() - t
-            t = now()
-            y_hat = self.gaussian_conditional.decompress([padded(y_string, indexes.numel())], indexes,
-                                                         z_hat.dtype, means=means)
-            times["entropy"] += now() - t
+            with st("entropy"):
+                z_hat = self.entropy_bottleneck.decompress([padded(z_string, z_symbols)], shape)
+            with st("h_s"):
+                indexes, means = self._entropy_parameters(lo, z_hat, "integer" if integer else "float")
+            with st("entropy"):
+                y_hat = self.gaussian_conditional.decompress([padded(y_string, indexes.numel())],
+                                                             indexes, z_hat.dtype, means=means)
         except (RuntimeError, ValueError, IndexError, TypeError, KeyError, AssertionError) as e:
             raise BitstreamError(f"entropy-coded payload does not decode ({type(e).__name__}: "
                                  f"{str(e)[:200]})") from None
-        t = now()
-        x_hat = torch.from_numpy(lo.run("g_s", y_hat.numpy()))
-        times["g_s"] = now() - t
+        return y_hat, header, {"loaded": lo, "stages": st, "n_events": n_events}
+
+    @torch.no_grad()
+    def decode(self, data: bytes) -> tuple[torch.Tensor, Header, dict]:
+        """Bytes → ([1, 3, H, W] in [0, 1], header, timings and cache events)."""
+        y_hat, header, state = self.latents(data)
+        lo, st = state["loaded"], state["stages"]
+        with st("g_s"):
+            x_hat = torch.from_numpy(lo.run("g_s", y_hat.numpy()))
+        hp = -(-header.height // PAD_MULTIPLE) * PAD_MULTIPLE
+        wp = -(-header.width // PAD_MULTIPLE) * PAD_MULTIPLE
         if tuple(x_hat.shape[-2:]) != (hp, wp):
             raise BitstreamError(f"decoded size {tuple(x_hat.shape[-2:])} does not match the header")
         _, pad = pad_to_multiple(torch.empty(1, 1, header.height, header.width), PAD_MULTIPLE)
-        info = {"profile": lo.artifact.key, "times": times, "events": self.events[n_events:]}
+        info = {"profile": lo.artifact.key, "times": st.primary, "stages": st,
+                "events": self.events[state["n_events"]:]}
         return crop_padding(x_hat, pad).clamp(0, 1), header, info
 
 

@@ -79,12 +79,19 @@ def test_decoding_a_pytorch_stream_through_artifacts(exported, torch_model, imag
 
 
 def test_runtime_streams_decode_with_pytorch(exported, torch_model, image):
+    """Integer streams cross; a float-h_s export's stream is refused by PyTorch, naming the engine."""
     model, model_id = torch_model
-    enc, info = Runtime(exported["exact"]).encode(image)
+    enc, info = Runtime(exported["integer"]).encode(image)
     torch_enc = encode(model, model_id, image)
     assert abs(enc.bpp - torch_enc.bpp) <= 0.02 * torch_enc.bpp
-    x_hat, _ = decode(model, model_id, enc.data)
-    assert psnr(image, x_hat) > 5 and set(info["times"]) == {"g_a", "h_a", "h_s", "entropy"}
+    x_hat, header = decode(model, model_id, enc.data)
+    assert header.hyper == "integer" and psnr(image, x_hat) > 5
+    assert set(info["times"]) == {"g_a", "h_a", "h_s", "entropy", "write"}
+    float_enc, _ = Runtime(exported["exact"]).encode(image)
+    with pytest.raises(BitstreamError, match="float:ort-cpu.*ONNX Runtime: dqsearch decompress --runtime"):
+        decode(model, model_id, float_enc.data)
+    x_float, header, _ = Runtime(exported["int8"]).decode(float_enc.data)  # same engine: decodes
+    assert header.hyper == "float:ort-cpu" and psnr(image, x_float) > 5
 
 
 def test_packed_weights_hold_the_learned_integers(exported, torch_model):
@@ -109,10 +116,12 @@ def test_decoder_builds_a_missing_profile_once(tmp_path, dynamic_checkpoint, ima
     assert len(list((folder / "profiles").iterdir())) == 1
     six = dict.fromkeys(quantized_layers(ck.model), 6)
     set_profile(ck.model, six)
-    from dqsearch.codec import Header, pack
+    from dqsearch.codec import Header, _compress_integer, pack
 
-    out = ck.model.eval().compress(torch.nn.functional.pad(image, (16, 16, 0, 0), mode="replicate"))
-    data = pack(Header(ck.model_id, 64, 128, tuple(six.values())), out["strings"], out["shape"])
+    x = torch.nn.functional.pad(image, (16, 16, 0, 0), mode="replicate")
+    with torch.no_grad():
+        strings, shape = _compress_integer(ck.model.eval(), six, x)
+    data = pack(Header(ck.model_id, 64, 128, tuple(six.values()), "integer"), strings, shape)
     rt = Runtime(folder)
     _, _, info = rt.decode(data)
     miss = [e for e in info["events"] if e.get("cache") == "miss"]
@@ -125,8 +134,12 @@ def test_decoder_builds_a_missing_profile_once(tmp_path, dynamic_checkpoint, ima
 def test_clear_errors(exported, torch_model, image, tmp_path):
     model, model_id = torch_model
     enc = encode(model, model_id, image)
-    x_float_hyper, _, _ = Runtime(exported["integer"]).decode(enc.data)  # float-tagged: float h_s
-    assert psnr(image, x_float_hyper) > 5
+    x_int, header, _ = Runtime(exported["integer"]).decode(enc.data)  # PyTorch's default: integer
+    assert header.hyper == "integer" and psnr(image, x_int) > 5
+    float_data = encode(model, model_id, image, hyper="float:torch").data
+    for folder in exported.values():  # one line naming the engine that can, never garbage
+        with pytest.raises(BitstreamError, match="float:torch.*PyTorch: dqsearch decompress without"):
+            Runtime(folder).decode(float_data)
     forged = bytearray(enc.data)
     manifest = json.loads((exported["exact"] / "manifest.json").read_text())
     other = tmp_path / "other"
@@ -142,7 +155,8 @@ def test_clear_errors(exported, torch_model, image, tmp_path):
 
 @pytest.mark.parametrize("arch", ["mbt2018-mean", "bmshj2018-hyperprior-fp32"])
 def test_mean_scale_and_fp32_models_round_trip(tmp_path, sample_paths, image, arch):
-    """MeanScaleHyperprior (means from h_s) and an FP32 checkpoint, through the float h_s."""
+    """MeanScaleHyperprior (means from h_s) and an FP32 checkpoint keep the float h_s: PyTorch's
+    streams are float:torch (refused by the export), the export's float:ort-cpu (refused by PyTorch)."""
     from dqsearch.models import build_model, save_checkpoint
     from dqsearch.quant.wrap import QuantPolicy, wrap
 
@@ -160,9 +174,16 @@ def test_mean_scale_and_fp32_models_round_trip(tmp_path, sample_paths, image, ar
     ck = load_checkpoint(path)
     folder = export_folder(path, tmp_path / "dep", hyper="float", arithmetic="exact").folder
     enc = encode(ck.model.eval(), ck.model_id, image)
-    ref, _ = decode(ck.model, ck.model_id, enc.data)
-    x_hat, _, _ = Runtime(folder).decode(enc.data)
-    assert psnr(ref, x_hat) > 50
+    ref, header = decode(ck.model, ck.model_id, enc.data)
+    assert header.hyper == "float:torch"
+    rt = Runtime(folder)
+    with pytest.raises(BitstreamError, match="PyTorch"):
+        rt.decode(enc.data)
+    own, _ = rt.encode(image)
+    x_hat, header, _ = rt.decode(own.data)
+    assert header.hyper == "float:ort-cpu" and psnr(ref, x_hat) > 30
+    with pytest.raises(BitstreamError, match="ONNX Runtime"):
+        decode(ck.model, ck.model_id, own.data)
     with pytest.raises(ValueError, match="--hyper float"):
         export_folder(path, tmp_path / "dep2")
 
@@ -176,13 +197,37 @@ def test_runtime_refuses_crafted_streams_and_decodes_short_ones_deterministicall
     model, model_id = torch_model
     header = unpack(encode(model, model_id, image).data)[0]
     runtime = Runtime(exported["exact"])
-    big = Header(header.model_id, 1024, 1024, header.profile_bits)
+    big = Header(header.model_id, 1024, 1024, header.profile_bits, header.hyper)
     with pytest.raises(BitstreamError, match="0 bytes"):
         runtime.decode(pack(big, [[b""], [b""]], [16, 16]))
     with pytest.raises(BitstreamError, match="latent shape"):
         runtime.decode(pack(big, [[b"\0" * 8], [b"\0" * 8]], [4096, 4096, 1, 1]))
-    short = pack(Header(header.model_id, 256, 256, header.profile_bits), [[b"\x5a" * 8], [b"\xa5" * 8]],
-                 [4, 4])
+    short = pack(Header(header.model_id, 256, 256, header.profile_bits, header.hyper),
+                 [[b"\x5a" * 8], [b"\xa5" * 8]], [4, 4])
     dec = lambda b: runtime.decode(b)[0]  # noqa: E731
     digests = {run_forked(dec, short, 120, (BitstreamError,), dirty=s).digest for s in range(2)}
     assert len(digests) == 1 and "" not in digests
+
+
+@pytest.mark.parametrize("size", [(64, 96), (37, 53), (77, 131), (1, 1)])
+def test_same_bytes_same_image_at_any_size(exported, torch_model, sample_paths, size):
+    """PyTorch's default (integer) stream through the exports, odd sizes included: identical
+    latents; the exact export's image equals PyTorch's (> 60 dB), the int8 one within 0.5 dB."""
+    from dqsearch.codec import latents
+    from dqsearch.data import load_image
+
+    model, model_id = torch_model
+    h, w = size
+    x = load_image(sample_paths[3])[:, :h, :w].unsqueeze(0).contiguous()
+    enc = encode(model, model_id, x)
+    ref, _ = decode(model, model_id, enc.data)
+    y_ref = latents(model, model_id, enc.data)[0]
+    for name in ("exact", "int8", "integer"):
+        rt = Runtime(exported[name])
+        assert torch.equal(rt.latents(enc.data)[0], y_ref), name
+        x_hat, header, _ = rt.decode(enc.data)
+        assert x_hat.shape == ref.shape == x.shape and header.hyper == "integer"
+        if name == "exact":
+            assert psnr(ref, x_hat) > 60
+        elif h > 1:
+            assert abs(psnr(x, x_hat) - psnr(x, ref)) <= 0.5, name
