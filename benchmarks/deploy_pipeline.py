@@ -34,20 +34,9 @@ MIXED = {"g_a.0": 10, "g_a.2": 6, "g_a.4": 8, "g_a.6": 6, "h_a.0": 8, "h_a.2": 6
 
 
 def _dynamic_ptq(path: Path) -> Path:
-    from dqsearch.data import list_images, load_image, pad_to_multiple, sample_images_dir
-    from dqsearch.models import load_checkpoint, resolve_checkpoint, save_checkpoint
-    from dqsearch.quant.wrap import QuantPolicy, calibrate, wrap
+    from dqsearch.deploy.crosscheck import ptq_checkpoint
 
-    ck = load_checkpoint(resolve_checkpoint("embedded:3"))
-    policy = QuantPolicy.dynamic((6, 8, 10))
-    model = wrap(ck.model.eval(), policy)
-    crops = [pad_to_multiple(load_image(p).unsqueeze(0)[..., :256, :256], 64)[0]
-             for p in list_images(sample_images_dir())[:2]]
-    with torch.no_grad():
-        calibrate(model, crops)
-    model.update(force=True)
-    save_checkpoint(path, model, ck.architecture, ck.arch_args, policy, {"ptq_from": "embedded:3"})
-    return path
+    return ptq_checkpoint(path, candidates=(6, 8, 10))
 
 
 def exports(work: Path, image: Path) -> dict[str, tuple[Path, tuple[int, ...] | None]]:

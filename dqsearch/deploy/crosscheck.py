@@ -71,13 +71,15 @@ def cross_check(model: nn.Module, model_id: str, runtime: Runtime, image: torch.
     return out
 
 
-def ptq_checkpoint(path: Path, quality: int = 3, bits: int = 8) -> Path:
-    """The embedded model at `quality`, wrapped at `bits` and calibrated (PTQ), saved to `path`."""
+def ptq_checkpoint(path: Path, quality: int = 3, bits: int = 8,
+                   candidates: tuple[int, ...] | None = None) -> Path:
+    """The embedded model at `quality`, wrapped at `bits` (or dynamic over `candidates`) and
+    calibrated (PTQ), saved to `path`."""
     from ..models import load_checkpoint, resolve_checkpoint, save_checkpoint
     from ..quant.wrap import QuantPolicy, calibrate, wrap
 
     ck = load_checkpoint(resolve_checkpoint(f"embedded:{quality}"))
-    policy = QuantPolicy.fixed(bits)
+    policy = QuantPolicy.dynamic(candidates) if candidates else QuantPolicy.fixed(bits)
     model = wrap(ck.model.eval(), policy)
     crops = [pad_to_multiple(load_image(p).unsqueeze(0)[..., :256, :256], 64)[0]
              for p in list_images(sample_images_dir())[:2]]
