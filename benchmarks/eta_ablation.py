@@ -78,6 +78,32 @@ def _share(rows: list[dict], target: float) -> float | None:
     return sum(r["latency_ms"] <= target for r in rows) / len(rows) if rows else None
 
 
+def report(res: dict) -> str:
+    """Markdown: per split, the mean paired difference (η on − η off) with its 95% interval, each
+    arm's seed-to-seed spread, and the feasible shares."""
+    def ci(d):  # noqa: E306
+        if d.get("ci95") is None:
+            return f"{d['mean']:+.3f}"
+        return f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+    lines = []
+    for split in ("validation", "test"):
+        s = res.get(split)
+        if not s:
+            continue
+        lines += [f"**{split}** ({s['pairs']} pairs; feasible share η off {s['feasible_share']['eta0']:.0%}, "
+                  f"η on {s['feasible_share']['eta_on']:.0%})", "",
+                  "| metric | η on − η off, mean [95% CI] | seed sd, η off | seed sd, η on |",
+                  "|---|---|---|---|"]
+        for m in METRICS:
+            if m in s:
+                d = s[m]
+                sd = [d[k]["sd"] for k in ("spread_eta0", "spread_eta_on")]
+                lines.append(f"| {m} | {ci(d['eta_on_minus_off'])} | "
+                             + " | ".join("n/a" if v is None else f"{v:.3f}" for v in sd) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--latency-table", required=True)
@@ -98,7 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="runs/eta-ablation", help="checkpoints (resumable)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("-o", "--output", required=True)
+    p.add_argument("--report", action="store_true", help="print the tables of an existing JSON and stop")
     args = p.parse_args(argv)
+    if args.report:
+        import json
+
+        print(report(json.loads(Path(args.output).read_text())))
+        return 0
     torch.set_num_threads(args.threads)
 
     target = parse_latency(args.target_latency)
