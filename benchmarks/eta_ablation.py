@@ -88,7 +88,7 @@ def report(res: dict) -> str:
     lines = []
     for split in ("validation", "test"):
         s = res.get(split)
-        if not s:
+        if not s or not s.get("pairs"):
             continue
         lines += [f"**{split}** ({s['pairs']} pairs; feasible share η off {s['feasible_share']['eta0']:.0%}, "
                   f"η on {s['feasible_share']['eta_on']:.0%})", "",
@@ -119,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--val-limit", type=int, default=5)
+    p.add_argument("--calibration-images", type=int, default=8,
+                   help="whole photos for activation ranges; 0 = the old random-crop calibration")
+    p.add_argument("--arms", choices=["both", "off"], default="both",
+                   help="off: η = 0 only (the seed-to-seed spread of one configuration)")
     p.add_argument("--data", required=True, help="training images (validation split held out)")
     p.add_argument("--dataset", help="test images (e.g. Kodak) to report on")
     p.add_argument("--work", default="runs/eta-ablation", help="checkpoints (resumable)")
@@ -139,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     config = StudyConfig(family=family, latency_table=str(Path(args.latency_table).resolve()),
                          target_ms=target, train_data=str(Path(args.data).resolve()), trial_dir=str(work),
                          backend=args.backend, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                         val_limit=args.val_limit, measure=args.measure)
+                         val_limit=args.val_limit, measure=args.measure,
+                         calibration_images=args.calibration_images)
     objective = Objective(config)
     table = objective.table
     out_path = Path(args.output)
@@ -155,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(out_path, res)
     bits = tuple(int(b) for b in args.bits.split(","))
     for seed in args.seeds:
-        for eta in (0.0, args.eta):
+        for eta in (0.0, args.eta) if args.arms == "both" else (0.0,):
             key = f"s{seed}-eta{eta:g}"
             if key in runs:
                 continue
@@ -175,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
                 run["test"] = test
             runs[key] = run
             res["validation"] = _summarise(runs, args.seeds, args.eta, "validation", target)
+            res["spread_eta0"] = {split: {m: spread([r[split][m] for r in runs.values() if r["eta"] == 0
+                                                     and r.get(split, {}).get(m) is not None])
+                                          for m in METRICS}
+                                  for split in ("validation", "test")}
             if images:
                 res["test"] = _summarise(runs, args.seeds, args.eta, "test", target)
             write_json(out_path, res)

@@ -78,6 +78,7 @@ class StudyConfig:
     lr: float = 1e-5
     val_fraction: float = 0.1
     val_limit: int = 5
+    calibration_images: int = 8  # whole photos for the activation ranges (0: random crops, the old recipe)
     bit_sets: list[list[int]] = field(default_factory=lambda: [[4, 6, 8], [6, 8, 10], [4, 8, 16]])
     gamma: tuple[float, float] = (1e-3, 0.5)
     eta: tuple[float, float] = (0.01, 10.0)
@@ -289,7 +290,8 @@ class Objective:
         config = TrainConfig(lmbda=params.lmbda, steps=cfg.steps, batch_size=cfg.batch_size, crop=cfg.crop,
                              lr=cfg.lr, gamma=params.gamma, seed=seed,
                              checkpoint_every=max(25, cfg.steps // 4), compile=cfg.compile,
-                             log_every=max(1, min(25, cfg.steps // 4)))
+                             log_every=max(1, min(25, cfg.steps // 4)),
+                             calibration_images=cfg.calibration_images)
         train(model, run, self.sampler, config, path, state, [term], progress=self.progress,
               on_log=on_log)
         attrs = self._evaluate(path)
