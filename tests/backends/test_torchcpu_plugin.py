@@ -21,6 +21,11 @@ FAST = ["--threads", "1", "--option", "repeats=3", "--option", "warmup=1"]
 
 
 class TestTorchCpu(BackendConformance):
+    # ~1 ms models: on a 2-core machine with the other core busy one profile came out +51% (table
+    # 1.37 ms, model 0.91 ms). Wide enough for load, still far from a ×1000 unit error or a
+    # profile_model that ignores the bits (all-8 vs all-32 differ ~2× here).
+    additivity_tolerance = 0.6
+
     def make_backend(self):
         return load_backend("torch-cpu", threads=1, repeats=5)  # through its entry point
 
