@@ -97,9 +97,11 @@ def storage_url(request, tmp_path):
 
 def test_killed_worker_trial_is_retried(storage_url, family, table_path, tmp_path):  # noqa: F811
     postgres_url = storage_url
-    n = 4
+    # The survivor notices the dead worker's trial only when it starts a trial after the grace
+    # period: enough trials remain after the kill that it cannot finish them all within it.
+    n = 8
     config: StudyConfig = _config(family, table_path, tmp_path, steps=40, measure=False,
-                                  heartbeat_s=1, grace_s=4, max_retry=2)
+                                  heartbeat_s=1, grace_s=3, max_retry=2)
     name = f"workers-{os.getpid()}-{time.time_ns()}"
     create_study(name, postgres_url, config)
     a, b = _worker(postgres_url, name, n), _worker(postgres_url, name, n)
@@ -109,7 +111,6 @@ def test_killed_worker_trial_is_retried(storage_url, family, table_path, tmp_pat
     # would otherwise be killed with nothing to retry)
     while time.time() < deadline and len(study.get_trials(states=(TrialState.RUNNING,))) < 2:
         time.sleep(0.2)
-    time.sleep(1.5)
     a.send_signal(signal.SIGKILL)
     a.wait()
     out, _ = b.communicate(timeout=600)
