@@ -16,6 +16,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from . import __version__  # noqa: E402
+from .threads import set_torch_threads  # noqa: E402  (imports torch lazily)
 
 
 class UsageError(ValueError):
@@ -93,15 +94,6 @@ def policy_from_args(args: argparse.Namespace):
     return QuantPolicy.dynamic(args.candidates, **common)
 
 
-def _set_threads(n: int | None) -> None:
-    """torch's threads: --threads, else every CPU this process may use (dqsearch.threads)."""
-    from .threads import set_torch_threads
-
-    if n is not None and n < 1:
-        raise UsageError(f"--threads must be at least 1, got {n}")
-    set_torch_threads(n)
-
-
 # --- commands -----------------------------------------------------------------------------------
 def _latency_terms(args: argparse.Namespace, model) -> list:
     """η·L_lat from --latency-table/--target-latency/--latency-weight, checked against the model."""
@@ -128,7 +120,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .quant.wrap import wrap
     from .train import RunSpec, TrainConfig, train
 
-    _set_threads(args.threads)
+    set_torch_threads(args.threads)
     output = Path(args.output)
     policy = policy_from_args(args)
     train_state = None
@@ -192,7 +184,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from .codec import compress_file
     from .quant.wrap import average_bits
 
-    _set_threads(args.threads)
+    set_torch_threads(args.threads)
     ck = _load(args.checkpoint)
     enc = compress_file(ck.model, ck.model_id, args.image, args.output, _memory(args))
     msg = f"{args.output}: {len(enc.data)} bytes, {enc.bpp:.4f} bpp, {enc.width}x{enc.height}"
@@ -213,7 +205,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     from .data import save_image
     from .models import find_embedded_by_id, load_checkpoint
 
-    _set_threads(args.threads)
+    set_torch_threads(args.threads)
     check_output(args.output, args.file)
     if args.checkpoint:
         ck = _load(args.checkpoint)
@@ -239,7 +231,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_checkpoint, reference_deltas, results_json
     from .models import EMBEDDED_QUALITIES, load_checkpoint, resolve_checkpoint
 
-    _set_threads(args.threads)
+    set_torch_threads(args.threads)
     specs = args.checkpoint or [f"embedded:{q}" for q in EMBEDDED_QUALITIES]
     images = list_images(args.dataset) if args.dataset else list_images(sample_images_dir())
     if args.limit:
@@ -288,7 +280,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import Study, run_study
     from .report import markdown_table
 
-    _set_threads(args.threads)
+    set_torch_threads(args.threads)
     study = Study.load(args.study)
     from .cli_backends import _backend_options
 
@@ -322,7 +314,7 @@ def cmd_fmpq(args: argparse.Namespace) -> int:
     from .models import load_checkpoint, resolve_checkpoint
     from .train import TrainConfig
 
-    _set_threads(args.threads)
+    set_torch_threads(args.threads)
     ck = load_checkpoint(resolve_checkpoint(args.checkpoint))
     table = args.latency_table
     if args.target_latency and not table and args.backend:

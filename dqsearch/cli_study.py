@@ -109,15 +109,15 @@ def find_or_profile_table(backend_name: str, model, info: dict, shape: tuple[int
 
 def cmd_study(args: argparse.Namespace) -> int:
     from .backends.host import cpu_model
-    from .cli import _set_threads
     from .cli_backends import _backend_options, input_size
     from .feasibility import assess
     from .latency import LatencyTable
     from .latency_term import parse_latency
     from .models import EMBEDDED_QUALITIES, load_checkpoint, resolve_checkpoint
     from .study import StudyConfig, create_study, run_trials, timed_backend
+    from .threads import set_torch_threads
 
-    _set_threads(args.threads)
+    set_torch_threads(args.threads)
     target = parse_latency(args.target_latency)
     if not args.backend and not args.latency_table:
         args.backend = _local_cpu_backend()
@@ -205,10 +205,11 @@ def cmd_study_export(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from .backends.options import parse_options
-    from .cli import UsageError, _set_threads
+    from .cli import UsageError
     from .study import load_study, run_trials
+    from .threads import set_torch_threads
 
-    _set_threads(args.threads)
+    set_torch_threads(args.threads)
     study, config = load_study(args.study_name, args.storage)
     try:
         config.backend_options = {**config.backend_options, **parse_options(args.option)}
