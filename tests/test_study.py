@@ -104,8 +104,19 @@ def test_tiny_study_finds_a_feasible_trial(family, table_path, tmp_path):
     out = export_trial(study, best["trial"], tmp_path / "best.pt")
     ck = load_checkpoint(out)
     assert ck.policy.mode == "dynamic" and ck.meta["study"] == "tiny"
-    with pytest.raises(StudyError, match="another configuration"):
+    with pytest.raises(StudyError, match=r"another configuration \(steps differ\)"):
         create_study("tiny", url, _config(family, table_path, tmp_path, steps=5))
+
+
+def test_a_study_moved_with_its_repository_resumes(family, table_path, tmp_path):
+    """The stored paths name another clone; the search is the same, so it resumes."""
+    config = _config(family, table_path, tmp_path)
+    moved = StudyConfig(**{**config.to_dict(), "trial_dir": "/elsewhere/trials",
+                           "latency_table": f"/elsewhere/{Path(config.latency_table).name}",
+                           "train_data": f"/elsewhere/{Path(config.train_data).name}"})
+    assert config.differences(moved) == []
+    assert config.differences(StudyConfig(**{**config.to_dict(), "latency_table": "/x/other.json"})) == [
+        "latency_table"]
 
 
 def test_study_cli_show_and_export(family, table_path, tmp_path, capsys):
