@@ -279,11 +279,13 @@ def method_checkpoints(study: Study, method: Method, progress: bool) -> list[Pat
     if method.kind != "study-front":
         return [method_checkpoint(study, method, _family_checkpoint(study, spec), progress)
                 for spec in study.family]
-    from .study import load_study, summary
+    from .study import load_study, summary, write_study_report
 
     if "target_latency" in method.options:
         _run_front_study(study, method, progress)
     opt, config = load_study(method.options["study"], method.options["storage"])
+    # the search's own report beside the benchmark: validation front, progress and Pareto figures
+    write_study_report(opt, config, study.output / f"search-{opt.study_name}")
     front = sorted(summary(opt, config)["front"], key=lambda r: r["bpp"])
     if not front:
         raise StudyError(f"study {method.options['study']!r} has no feasible trial to compare yet")

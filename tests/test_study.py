@@ -186,6 +186,9 @@ bit_sets = [[4, 8]]
     assert dq["measured_speedup:sim-bitfusion"] > 1 and fp["measured_speedup:sim-bitfusion"] == 1
     assert "measured speedup (sim-bitfusion)" in (tmp_path / "out" / "summary.md").read_text()
     assert (tmp_path / "out" / "studies" / "front.db").exists()
+    search = tmp_path / "out" / "search-front"  # the search's own report beside the benchmark
+    assert {"progress.png", "pareto.png", "summary.json"} <= {p.name for p in search.iterdir()}
+    assert len(json.loads((search / "summary.json").read_text())["progress"]) == 2
 
     # A second study file sharing the cache, same method name, another study: its front must be
     # its own trials, not the first study's checkpoints of the same trial numbers.
