@@ -169,10 +169,13 @@ def test_committed_ort_table_is_not_trusted_without_a_cpu_signature(monkeypatch,
     monkeypatch.setenv("DQSEARCH_CACHE", str(tmp_path))
     assert "family" in cpu_signature()
     model = build_model("bmshj2018-hyperprior", N=64, M=96)
-    found = find_table(open_backend("ort-cpu"), model, (1, 3, 768, 512))
-    assert found.path is None
-    assert any(p.name == "bmshj2018-hyperprior-M96-N64-768x512.json" and "cpu_id: table None" in why
-               for p, why in found.other_device)
+    backend = open_backend("ort-cpu")
+    found = find_table(backend, model, (1, 3, 768, 512))
+    if found.path is not None:  # a committed table carrying this very CPU's signature (the Zen 5 VM's)
+        assert json.loads(found.path.read_text())["metadata"]["cpu_id"] == backend.identity()["cpu_id"]
+    else:
+        assert any(p.name == "bmshj2018-hyperprior-M96-N64-768x512.json" and "cpu_id: table None" in why
+                   for p, why in found.other_device)
 
 
 def test_workers_build_the_backend_with_the_study_options(tmp_path, monkeypatch, capsys):
