@@ -28,6 +28,7 @@ from .report import csv_table, markdown_table, plot_bits_heatmap, plot_rd, summa
 from .schemas import SchemaError, read_text, study_file_schema, validate
 from .storage_url import sqlite_path
 from .train import RunSpec, TrainConfig, calibration_inputs, train
+from .units import DEFAULT_INPUT
 
 METHOD_KINDS = ("fp32", "ptq", "qat", "fmpq", "study-front")
 _POLICY_KEYS = set(QuantPolicy.__dataclass_fields__) - {"overrides"}
@@ -72,7 +73,7 @@ class Study:
     bd_method: str = "pchip"
     latency_tables: list[Path] = field(default_factory=list)
     measure: list[str] = field(default_factory=list)
-    measure_input: str = "768x512"
+    measure_input: str = DEFAULT_INPUT
     backend_options: dict[str, Any] = field(default_factory=dict)  # [latency] options, --threads
 
     @classmethod
@@ -87,7 +88,8 @@ class Study:
         except (OSError, UnicodeDecodeError, SchemaError) as e:
             raise StudyError(f"study file {path} cannot be read: {e}") from None
         try:
-            validate(study_file_schema(), raw, f"study file {path}")
+            validate(study_file_schema(TrainConfig, QuantPolicy, METHOD_KINDS, DEFAULT_INPUT), raw,
+                     f"study file {path}")
         except SchemaError as e:
             raise StudyError(str(e)) from None
         root = path.parent
@@ -170,7 +172,7 @@ class Study:
             cache=where(raw.get("cache") or raw.get("output"), root / raw["name"], "cache"),
             limit=raw.get("limit"), bd_method=raw.get("bd_method", "pchip"),
             latency_tables=[where(t, root, "latency.tables") for t in lat.get("tables", [])],
-            measure=list(lat.get("measure", [])), measure_input=lat.get("input", "768x512"),
+            measure=list(lat.get("measure", [])), measure_input=lat.get("input", DEFAULT_INPUT),
             backend_options=dict(lat.get("options", {})),
         )
 

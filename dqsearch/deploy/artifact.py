@@ -28,9 +28,9 @@ import torch
 
 from .. import __version__
 from ..atomic import write_json
-from ..backends.base import container_of
 from ..models import LoadedCheckpoint, atomic_torch_save, load_checkpoint
 from ..quant.wrap import FP32, dynamic_layers, quantized_layers, weight_bytes
+from ..units import container_of
 from . import decide, entropy
 from .calibrate import calibration_images, output_ranges
 from .int_hyper import IntegerHyperSynthesis
