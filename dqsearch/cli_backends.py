@@ -125,6 +125,7 @@ def cmd_backends(args: argparse.Namespace) -> int:
         print(json.dumps([{"name": i.name, "distribution": i.distribution, "entry_point": i.target,
                            "loaded": i.ok, "needs_options": i.needs_options, "error": i.error,
                            "capabilities": i.backend.capabilities() if i.ok else None,
+                           "deploys": i.ok and i.backend.deployment() is not None,
                            "metadata": i.backend.metadata() if i.ok else None} for i in infos], indent=1))
         return 0
     if not infos:
@@ -141,6 +142,8 @@ def cmd_backends(args: argparse.Namespace) -> int:
             print(f"{i.name:<15} ok       [{i.distribution}] bits → container  {text}")
             if desc:
                 print(f"{'':<15}          {desc}")
+            if i.backend.deployment() is not None:
+                print(f"{'':<15}          deploys: dqsearch export --backend {i.name}")
         elif i.needs_options:
             print(f"{i.name:<15} options  [{i.distribution}] {i.error}")
         else:

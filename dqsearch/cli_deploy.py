@@ -22,23 +22,11 @@ def _hw(text: str) -> tuple[int, int]:
     return h, w
 
 
-def _require_ort() -> None:
-    """One-line error (not a traceback) when the deployment's libraries are missing."""
-    try:
-        import dqsearch_ort  # noqa: F401
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError as e:
-        raise RuntimeError(f"deployment to ort-cpu needs onnx, onnxruntime and the dqsearch-ort plugin "
-                           f"({e}): pip install -e backends/onnxruntime") from None
-
-
 def _kib(n: float | None) -> str:
     return "n/a" if n is None else f"{n / 1024:.0f} KiB"
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    _require_ort()
     from .data import list_images, load_image
     from .deploy.artifact import Options, export_model
     from .models import resolve_checkpoint
@@ -78,7 +66,6 @@ def _with_runtime(original, runtime_cmd):
 
 
 def cmd_compress_runtime(args: argparse.Namespace) -> int:
-    _require_ort()
     from .deploy.files import compress_file
 
     enc, info = compress_file(args.runtime, args.image, args.output, args.threads or 1)
@@ -102,7 +89,6 @@ def _print_timing(args: argparse.Namespace, info: dict, title: str) -> None:
 
 
 def cmd_decompress_runtime(args: argparse.Namespace) -> int:
-    _require_ort()
     from .codec import check_output
     from .deploy.files import decompress_file
 
@@ -120,7 +106,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add `export`, and `--runtime DIR` to the existing `compress` and `decompress` commands."""
     p = sub.add_parser("export", help="export a checkpoint to integer execution on a backend")
     p.add_argument("--checkpoint", help="QAT checkpoint path or embedded:Q (default: the embedded model)")
-    p.add_argument("--backend", default="ort-cpu", help="deployment target (implemented: ort-cpu)")
+    p.add_argument("--backend", default="ort-cpu",
+                   help="a backend with a deployment part (`dqsearch backends` says which deploy)")
     p.add_argument("-o", "--output", required=True, help="export folder")
     p.add_argument("--arithmetic", default="int8", choices=["int8", "exact"],
                    help="g_a/g_s: int8 = QLinearConv (fast, per-tensor activations), exact = the "

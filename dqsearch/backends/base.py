@@ -12,8 +12,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from ..units import (  # noqa: F401  (re-exported: plugins import the vocabulary from here)
@@ -45,7 +47,8 @@ class Backend(ABC):
     Subclasses set `name` (the registry name, e.g. "ort-cpu") and implement `capabilities`,
     `profile_layer` and `profile_model`. Optional hooks refine latency tables: `profile_fixed` (the
     time of everything not quantized) and `profile_context` (layer times measured inside the graph,
-    plus transition costs between neighbouring layers of different containers).
+    plus transition costs between neighbouring layers of different containers). The optional
+    deployment part, `deployment()`, builds and runs the transforms of an exported model.
     """
 
     name: str = "backend"
@@ -105,6 +108,11 @@ class Backend(ABC):
         """
         return None
 
+    def deployment(self) -> Deployment | None:
+        """The deployment part (`dqsearch export --backend NAME`), or None: this backend only
+        profiles. A backend that deploys should time the very graphs it deploys."""
+        return None
+
     # helpers shared by every backend
     @property
     def measures_context(self) -> bool:
@@ -137,3 +145,36 @@ class ContextProfile:
     fixed: Measurement
     transitions: list[dict[str, Any]]  # {"from": l, "to": l2, "cost": {"int8>fp32": ms, …}}
     info: dict[str, Any] = field(default_factory=dict)
+
+
+# --- the optional deployment part -------------------------------------------------------------
+class Deployment(ABC):
+    """How a backend builds and runs the transforms of an exported model (`dqsearch export`).
+
+    dqsearch keeps the backend-neutral parts — the export folder and its manifest, the learned
+    integer parameters (`dqsearch.deploy.params.model_layers`), packed weights, the integer
+    hyper-synthesis, entropy coding and the bitstream — and asks the deployment for two things:
+    `build` writes one precision profile's executable transforms (g_a, h_a, h_s, g_s) into a
+    folder, `load` turns one of them back into a function on numpy arrays. `min_psnr_db` is the
+    tolerance it states: its decoder's image must be within that PSNR (dB) of the PyTorch codec's
+    decode of the same stream; the conformance suite checks it (`testing.check_deployment`).
+    """
+
+    name: str = "backend"
+    min_psnr_db: float = 30.0
+
+    def versions(self) -> dict[str, Any]:
+        """Library versions recorded in the export manifest."""
+        return {}
+
+    @abstractmethod
+    def build(self, store: Any, model: nn.Module, layers: Mapping[str, Any], ranges: Mapping | None,
+              folder: Path) -> tuple[dict[str, dict], dict[str, int]]:
+        """Write the profile's transforms into `folder`. `store` is the export folder
+        (`dqsearch.deploy.artifact.Store`: options, manifest), `model` the source model at the
+        profile, `layers` its learned integer layers (name → `LayerQuant`), `ranges` the int8
+        output ranges from calibration (or None). Returns (decision per transform, file sizes)."""
+
+    @abstractmethod
+    def load(self, folder: Path, transform: str, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+        """One built transform as a function: float32 NCHW in, float32 NCHW out."""

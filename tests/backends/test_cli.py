@@ -40,6 +40,7 @@ def test_backends_lists_installed_and_failures(capsys):
     code, out, _ = run(capsys, "backends", "--json")
     rows = {r["name"]: r for r in json.loads(out)}
     assert rows["sim-npu"]["loaded"] and rows["sim-npu"]["capabilities"]["8"] == "int8"
+    assert rows["sim-npu"]["deploys"] is False
 
 
 def test_profile_resume_and_validate(capsys, tmp_path):
