@@ -28,7 +28,7 @@ from .report import csv_table, markdown_table, plot_bits_heatmap, plot_rd, summa
 from .schemas import SchemaError, read_text, study_file_schema, validate
 from .storage_url import sqlite_path
 from .train import RunSpec, TrainConfig, calibration_inputs, train
-from .units import DEFAULT_INPUT
+from .units import DEFAULT_INPUT, DEFAULT_LMBDA
 
 METHOD_KINDS = ("fp32", "ptq", "qat", "fmpq", "study-front")
 _POLICY_KEYS = set(QuantPolicy.__dataclass_fields__) - {"overrides"}
@@ -247,7 +247,7 @@ def _method_checkpoint(study: Study, method: Method, base: Path, out: Path, prog
         model, state = wrap(fp.model, method.policy), None
         run = RunSpec(fp.architecture, fp.arch_args, method.policy,
                       {"init_from": str(base), "init_model_id": fp.model_id, "study": study.name,
-                       "method": method.name, "lmbda": fp.meta.get("lmbda", 0.013)})
+                       "method": method.name, "lmbda": fp.meta.get("lmbda", DEFAULT_LMBDA)})
     config = TrainConfig.from_dict({**study.train, **method.train, "lmbda": run.meta["lmbda"]})
     sampler = CropSampler(list_images(study.train_data), config.crop)
     if method.kind == "ptq":  # calibration only, no weight updates
@@ -269,7 +269,8 @@ def _fmpq_checkpoint(study: Study, method: Method, base: Path, out: Path, progre
     f = method.options
     latency = parse_latency(f["target_latency"]) if "target_latency" in f else None
     target = FMPQTarget(f.get("target_size"), latency, f.get("latency_table"))
-    config = TrainConfig.from_dict({**study.train, **method.train, "lmbda": fp.meta.get("lmbda", 0.013)})
+    config = TrainConfig.from_dict({**study.train, **method.train,
+                                     "lmbda": fp.meta.get("lmbda", DEFAULT_LMBDA)})
     sampler = CropSampler(list_images(study.train_data), config.crop)
     run_fmpq(fp, f["bits"], target, sampler, config, out, config.calibration_batches,
              cache=study.cache / "fmpq-sensitivity", progress=progress)
@@ -315,22 +316,23 @@ def _run_front_study(study: Study, method: Method, progress: bool) -> None:
     if not tables:
         raise StudyError(f"method {method.name!r}: list a {backend} table under [latency] tables")
     train = {**study.train, **method.train}
+    # what the file sets; every other field keeps StudyConfig's default (defined there only)
+    given = {"steps": o.get("steps", train.get("steps")), "batch_size": train.get("batch_size"),
+             "crop": train.get("crop"), "lr": train.get("lr"), "val_limit": o.get("val_limit"),
+             "bit_sets": o.get("bit_sets"), "gamma": o.get("gamma_range"), "eta": o.get("eta_range"),
+             "selector": o.get("selector"), "latency_form": o.get("latency_form"),
+             "sampler": o.get("sampler"), "startup_trials": o.get("startup_trials"), "seed": o.get("seed")}
+    cast = {"steps": int, "batch_size": int, "crop": int, "lr": float, "val_limit": int, "gamma": tuple,
+            "eta": tuple, "startup_trials": int, "seed": int}
     config = StudyConfig(
         family=[str(_family_checkpoint(study, s)) if not s.startswith("embedded:") else s
                 for s in study.family],
         latency_table=str(tables[0]), target_ms=parse_latency(o["target_latency"]),
         train_data=str(study.train_data), trial_dir=str(study.cache / "trials" / o["study"]),
         backend=backend, backend_options={**study.backend_options, **o.get("backend_options", {})},
-        steps=int(o.get("steps", train.get("steps", 300))),
-        batch_size=int(train.get("batch_size", 8)), crop=int(train.get("crop", 128)),
-        lr=float(train.get("lr", 1e-5)), val_limit=int(o.get("val_limit", 5)),
-        bit_sets=o.get("bit_sets", [[4, 6, 8], [6, 8, 10], [4, 8, 16]]),
-        gamma=tuple(o.get("gamma_range", (1e-3, 0.5))), eta=tuple(o.get("eta_range", (0.01, 10.0))),
-        selector=o.get("selector", "global"), latency_form=o.get("latency_form", "hinge"),
-        sampler=o.get("sampler", "tpe"), startup_trials=int(o.get("startup_trials", 8)),
         measure=bool(o["measure"]) if "measure" in o else timed_backend(backend),
-        seed=int(o.get("seed", 0)),
-        compile=bool(train.get("compile", False)))
+        compile=bool(train.get("compile", False)),
+        **{k: cast.get(k, lambda v: v)(v) for k, v in given.items() if v is not None})
     db = sqlite_path(o["storage"])
     if db is not None and db.resolve().is_relative_to(study.root.resolve()):
         db.parent.mkdir(parents=True, exist_ok=True)  # inside the study's folder (checked by load)

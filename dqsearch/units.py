@@ -9,9 +9,10 @@ import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where a module is built: the CLI's parser needs none of it
+    from torch import nn
 
 FP32 = 32
 
@@ -148,6 +149,8 @@ class LayerSpec:
 
     def module(self) -> nn.Module:
         """A float torch layer with these hyper-parameters (random weights): for isolated timing."""
+        from torch import nn
+
         kw = dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
                   groups=self.groups, bias=self.bias)
         if self.op == DECONV:
@@ -177,7 +180,8 @@ class LayerSpec:
             raise ValueError(f"{where}: {e}") from None
 
 
-DEFAULT_INPUT = "768x512"  # H×W every latency table and study uses unless told
+DEFAULT_INPUT = "768x512"  # H×W every latency table, study and benchmark uses unless told
+DEFAULT_LMBDA = 0.013  # rate-distortion λ where a checkpoint records none (the bundled family's)
 MAX_INPUT_BATCH = 16
 MAX_INPUT_PIXELS = 16 * 2**20  # per image: a latency table for larger inputs is not useful
 
