@@ -34,10 +34,10 @@ from dqsearch.codec import PAD_MULTIPLE, _profile_for
 from dqsearch.data import load_image, pad_to_multiple
 from dqsearch.deploy.artifact import CODECS
 from dqsearch.deploy.calibrate import calibration_images, output_ranges
-from dqsearch.deploy.int_hyper import IntegerHyperSynthesis
-from dqsearch.deploy.packing import write_packed
-from dqsearch.deploy.params import model_layers
 from dqsearch.deploy.targets import deployment_for
+from dqsearch.integer.int_hyper import IntegerHyperSynthesis
+from dqsearch.integer.packing import write_packed
+from dqsearch.integer.params import model_layers
 from dqsearch.models import load_checkpoint
 from dqsearch.quant.wrap import average_bits, quantized_layers, set_profile, weight_bytes
 

@@ -152,7 +152,7 @@ class Deployment(ABC):
     """How a backend builds and runs the transforms of an exported model (`dqsearch export`).
 
     dqsearch keeps the backend-neutral parts — the export folder and its manifest, the learned
-    integer parameters (`dqsearch.deploy.params.model_layers`), packed weights, the integer
+    integer parameters (`dqsearch.integer.params.model_layers`), packed weights, the integer
     hyper-synthesis, entropy coding and the bitstream — and asks the deployment for two things:
     `build` writes one precision profile's executable transforms (g_a, h_a, h_s, g_s) into a
     folder, `load` turns one of them back into a function on numpy arrays. `min_psnr_db` is the

@@ -32,13 +32,13 @@ import torch
 from .. import __version__
 from ..atomic import write_json
 from ..backends.base import Deployment
+from ..integer.int_hyper import IntegerHyperSynthesis
+from ..integer.params import model_layers
 from ..models import LoadedCheckpoint, atomic_torch_save, load_checkpoint
 from ..quant.wrap import FP32, dynamic_layers, quantized_layers, weight_bytes
 from ..units import container_of
 from . import entropy
 from .calibrate import calibration_images, output_ranges
-from .int_hyper import IntegerHyperSynthesis
-from .params import model_layers
 from .targets import deployment_for
 
 FORMAT = "dqsearch-deploy"
@@ -206,7 +206,7 @@ def build_profile(store: Store, bits: tuple[int, ...]) -> Path:
             scale_table = model.gaussian_conditional.scale_table.tolist()
             IntegerHyperSynthesis.build(hs, scale_table).save(tmp / "h_s_int.npz")
             sizes["h_s_int.npz"] = (tmp / "h_s_int.npz").stat().st_size
-        from .packing import write_packed
+        from ..integer.packing import write_packed
 
         packed = write_packed(layers, tmp)
         total_fp32 = sum(p.numel() for p in model.parameters()) * 4.0

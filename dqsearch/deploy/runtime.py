@@ -129,7 +129,7 @@ class Runtime:
         if (lo.artifact.folder / "h_s_int.npz").is_file():
             return lo.artifact.integer_hyper()
         if lo.artifact._hyper is None:
-            from .int_entropy import integer_hyper, integer_unsupported
+            from ..integer.int_entropy import integer_hyper, integer_unsupported
 
             model = self.store.source().model
             profile = dict(zip(self.store.layer_names, lo.artifact.info["bits"], strict=True))

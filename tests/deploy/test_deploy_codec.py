@@ -14,10 +14,10 @@ from dqsearch_ort.onnx_graph import export, quantize_graph
 from dqsearch.codec import BitstreamError, decode, encode
 from dqsearch.deploy.artifact import Store
 from dqsearch.deploy.modules import transform_module
-from dqsearch.deploy.packing import read_packed_ints
-from dqsearch.deploy.params import model_layers
 from dqsearch.deploy.runtime import Runtime
 from dqsearch.evaluate import psnr
+from dqsearch.integer.packing import read_packed_ints
+from dqsearch.integer.params import model_layers
 from dqsearch.models import load_checkpoint
 from dqsearch.quant.wrap import quantized_layers, set_profile
 

@@ -22,8 +22,8 @@ import torch
 
 from dqsearch.backends import Deployment
 from dqsearch.deploy.modules import transform_module
-from dqsearch.deploy.params import LayerQuant
-from dqsearch.deploy.subpixel import plan
+from dqsearch.integer.params import LayerQuant
+from dqsearch.integer.subpixel import plan
 
 from .onnx_graph import OPSET, export, quantize_graph, shuffles_in_uint8
 from .session import SessionConfig

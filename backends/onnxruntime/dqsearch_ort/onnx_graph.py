@@ -30,7 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from dqsearch.deploy.artifact import WEIGHT_MODES
-from dqsearch.deploy.params import LayerQuant
+from dqsearch.integer.params import LayerQuant
 
 OPSET = 21  # 16-bit QuantizeLinear/DequantizeLinear are in the default domain from opset 21
 ARITHMETICS = ("exact", "int8")
