@@ -151,8 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     import json
 
     res = json.loads(out_path.read_text()) if out_path.exists() else {}
+    setting = {k: v for k, v in vars(args).items() if k not in ("output", "work")}
+    kept = res.get("setting", {})
+    if differ := sorted(k for k in setting if k not in ("seeds", "threads", "report") and k in kept
+                        and kept[k] != setting[k]):
+        print(f"eta_ablation: {out_path} holds runs of another setting ({', '.join(differ)} differ): "
+              "resume with its setting or write to another --output", file=sys.stderr)
+        return 2
     res.update({"machine": cpu_model(), "threads": args.threads, "torch": torch.__version__,
-                "setting": {k: v for k, v in vars(args).items() if k not in ("output", "work")}})
+                "setting": setting})
     runs = res.setdefault("runs", {})
     images = list_images(args.dataset) if args.dataset else []
     if images and "fp32_test_curve" not in res:

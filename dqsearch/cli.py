@@ -288,10 +288,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
                              + (f" (did you mean {close[0]!r}?)" if close else f"; it has {names}"))
     if args.limit:
         study.limit = args.limit
+    if args.remeasure and not args.report_only:
+        raise UsageError("--remeasure goes with --report-only (a full run measures every row it runs)")
     if args.report_only:
         from .compare import report_from_saved
 
-        summary = report_from_saved(study)
+        summary = report_from_saved(study, remeasure=args.remeasure)
     else:
         summary = run_study(study, only=args.only, progress=not args.no_progress)
     print(markdown_table(summary["rows"]))
@@ -452,9 +454,13 @@ class Compare(Command):
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("study", help="study TOML (see studies/)")
-        p.add_argument("--only", nargs="+", help="(re)run only these methods; others are collected")
+        p.add_argument("--only", nargs="+", action="extend",
+                       help="(re)run only these methods (repeatable); others are collected")
         p.add_argument("--report-only", action="store_true",
                        help="rewrite the table and figures from the saved results; run nothing")
+        p.add_argument("--remeasure", action="store_true",
+                       help="with --report-only: measure every row's latency again, in this run, from the "
+                            "saved bit profiles (rows measured on another machine or day become comparable)")
         p.add_argument("--limit", type=int, help="evaluate on the first N images only")
         p.add_argument("--threads", type=int, help=THREADS_HELP)
         p.add_argument("--option", action="append", metavar="KEY=VALUE",

@@ -282,11 +282,13 @@ def method_checkpoints(study: Study, method: Method, progress: bool) -> list[Pat
     if method.kind != "study-front":
         return [method_checkpoint(study, method, _family_checkpoint(study, spec), progress)
                 for spec in study.family]
-    from .study import load_study, summary
+    from .study import load_study, summary, write_study_report
 
     if "target_latency" in method.options:
         _run_front_study(study, method, progress)
     opt, config = load_study(method.options["study"], method.options["storage"])
+    # the search's own report beside the benchmark: validation front, progress and Pareto figures
+    write_study_report(opt, config, study.output / f"search-{opt.study_name}")
     front = sorted(summary(opt, config)["front"], key=lambda r: r["bpp"])
     if not front:
         raise StudyError(f"study {method.options['study']!r} has no feasible trial to compare yet")
@@ -405,16 +407,24 @@ def run_study(study: Study, only: list[str] | None = None, progress: bool = True
     return write_report(study, results)
 
 
-def report_from_saved(study: Study) -> dict[str, Any]:
+def report_from_saved(study: Study, remeasure: bool = False) -> dict[str, Any]:
     """The table and figures again from each method's saved results (after a change to the
-    report), without training, evaluating or measuring anything."""
+    report), without training or evaluating anything. `remeasure`: the latency columns of every
+    method again, in this one run on this machine, from the bit profiles the saved results hold
+    (latency depends on the architecture and the profile, not on the weights), so no row's time
+    comes from another machine or another run."""
     results = {}
+    base = load_checkpoint(_family_checkpoint(study, study.family[0])) if remeasure else None
     for method in study.methods:
         path = study.output / f"{method.slug}.json"
         if not path.exists():
             raise StudyError(f"{method.name!r} has no saved results ({path}); run "
                              f"`dqsearch compare` on study {study.name!r} first")
         results[method.name] = load_results(path)
+        if base is not None:
+            for point in results[method.name]["points"]:
+                point["latency"] = latency_of_point(study, base, point)
+            write_json(path, results[method.name])
     return write_report(study, results)
 
 

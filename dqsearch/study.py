@@ -143,6 +143,22 @@ class StudyConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def search_identity(self) -> dict[str, Any]:
+        """What makes two configurations the same search: everything but where the files lie (a
+        study committed with its repository resumes from any clone) and worker housekeeping."""
+        d = json.loads(json.dumps(self.to_dict()))
+        for key in ("trial_dir", "heartbeat_s", "grace_s", "max_retry"):
+            d.pop(key)
+        d["latency_table"] = Path(d["latency_table"]).name
+        d["train_data"] = Path(d["train_data"]).name
+        d["family"] = [f if f.startswith("embedded:") else Path(f).name for f in d["family"]]
+        return d
+
+    def differences(self, other: StudyConfig) -> list[str]:
+        """The fields whose values make `other` another search."""
+        mine, theirs = self.search_identity(), other.search_identity()
+        return sorted(k for k in mine if mine[k] != theirs.get(k))
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StudyConfig:
         """The stored configuration, type-checked (a study database may come from elsewhere)."""
@@ -195,9 +211,10 @@ def create_study(name: str, storage_url: str, config: StudyConfig) -> optuna.Stu
     stored = study.user_attrs.get(CONFIG_ATTR)
     if stored is None:
         study.set_user_attr(CONFIG_ATTR, config.to_dict())
-    elif StudyConfig.from_dict(stored) != StudyConfig.from_dict(json.loads(json.dumps(config.to_dict()))):
+    elif differ := StudyConfig.from_dict(stored).differences(config):
         raise StudyError(f"study {name!r} already exists in {redact(storage_url)} with another "
-                         "configuration: choose another --study-name or join it with `dqsearch worker`")
+                         f"configuration ({', '.join(differ)} differ): choose another --study-name or "
+                         "join it with `dqsearch worker`")
     return study
 
 

@@ -84,6 +84,23 @@ def test_rerun_reuses_checkpoints_and_results(study_file):
     assert ck.stat().st_mtime_ns == before
 
 
+def test_remeasure_gives_every_saved_row_a_latency_from_this_run(study_file):
+    """Rows saved without (or with another machine's) timings get measured again from their
+    stored profiles: the quantized rows come out faster than FP32 on a bit-serial accelerator."""
+    timed = study_file.with_name("timed.toml")
+    timed.write_text(STUDY + '\n[latency]\nmeasure = ["sim-bitfusion"]\ninput = "64x64"\n')
+    study = Study.load(timed)
+    assert main(["compare", str(timed), "--remeasure"]) == 2  # only with --report-only
+    assert main(["compare", str(timed), "--report-only", "--remeasure"]) == 0
+    rows = {r["method"]: r for r in json.loads((study.output / "summary.json").read_text())["rows"]}
+    fp32 = rows["FP32"]["measured_ms:sim-bitfusion"]
+    assert fp32 > 0 and rows["FP32"]["measured_speedup:sim-bitfusion"] == 1
+    assert rows["PTQ-8"]["measured_ms:sim-bitfusion"] < fp32
+    assert rows["DQ {4,8}"]["measured_ms:sim-bitfusion"] <= rows["PTQ-8"]["measured_ms:sim-bitfusion"]
+    saved = json.loads((study.output / "ptq-8.json").read_text())
+    assert all(p["latency"]["measured_ms"]["sim-bitfusion"] > 0 for p in saved["points"])
+
+
 def test_report_only_rewrites_the_table_without_running(study_file, capsys):
     study = Study.load(study_file)
     (study.output / "summary.md").unlink()

@@ -104,8 +104,19 @@ def test_tiny_study_finds_a_feasible_trial(family, table_path, tmp_path):
     out = export_trial(study, best["trial"], tmp_path / "best.pt")
     ck = load_checkpoint(out)
     assert ck.policy.mode == "dynamic" and ck.meta["study"] == "tiny"
-    with pytest.raises(StudyError, match="another configuration"):
+    with pytest.raises(StudyError, match=r"another configuration \(steps differ\)"):
         create_study("tiny", url, _config(family, table_path, tmp_path, steps=5))
+
+
+def test_a_study_moved_with_its_repository_resumes(family, table_path, tmp_path):
+    """The stored paths name another clone; the search is the same, so it resumes."""
+    config = _config(family, table_path, tmp_path)
+    moved = StudyConfig(**{**config.to_dict(), "trial_dir": "/elsewhere/trials",
+                           "latency_table": f"/elsewhere/{Path(config.latency_table).name}",
+                           "train_data": f"/elsewhere/{Path(config.train_data).name}"})
+    assert config.differences(moved) == []
+    assert config.differences(StudyConfig(**{**config.to_dict(), "latency_table": "/x/other.json"})) == [
+        "latency_table"]
 
 
 def test_study_cli_show_and_export(family, table_path, tmp_path, capsys):
@@ -175,6 +186,9 @@ bit_sets = [[4, 8]]
     assert dq["measured_speedup:sim-bitfusion"] > 1 and fp["measured_speedup:sim-bitfusion"] == 1
     assert "measured speedup (sim-bitfusion)" in (tmp_path / "out" / "summary.md").read_text()
     assert (tmp_path / "out" / "studies" / "front.db").exists()
+    search = tmp_path / "out" / "search-front"  # the search's own report beside the benchmark
+    assert {"progress.png", "pareto.png", "summary.json"} <= {p.name for p in search.iterdir()}
+    assert len(json.loads((search / "summary.json").read_text())["progress"]) == 2
 
     # A second study file sharing the cache, same method name, another study: its front must be
     # its own trials, not the first study's checkpoints of the same trial numbers.
