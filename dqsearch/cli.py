@@ -22,6 +22,7 @@ from .cli_common import (  # noqa: E402
     MODEL_NAMES,
     THREADS_HELP,
     Command,
+    RegistryChoices,
     UsageError,
     add_input_arg,
     backend_options,
@@ -46,7 +47,8 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
     x.add_argument("--bits", type=int, help="fixed bit-width for every layer (DPA, a 'Q-' model)")
     x.add_argument("--candidates", type=int_list,
                    help="candidate bit-widths for the selector, e.g. 6,8,10 (DBWS, a 'DQ-' model)")
-    g.add_argument("--quantizer", default="dpa", choices=["dpa", "minmax", "pams"],
+    g.add_argument("--quantizer", default="dpa",
+                   choices=RegistryChoices("dqsearch.quant.quantizer", "QUANTIZERS"),
                    help="dpa: learnable s,z (DynaQuant); minmax: static min/max + STE (FPQ); "
                         "pams: learnable clipping")
     g.add_argument("--rounding", default="dgm", choices=["dgm", "ste"])
@@ -271,14 +273,14 @@ def cmd_bd_rate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import Study, run_study
+    from .compare import Benchmark, run_benchmark
     from .report import markdown_table
 
     set_torch_threads(args.threads)
-    study = Study.load(args.study)
-    study.backend_options = {**backend_options(args), **study.backend_options}  # the file's own win
+    bench = Benchmark.load(args.study)
+    bench.backend_options = {**backend_options(args), **bench.backend_options}  # the file's own win
 
-    names = [m.name for m in study.methods]
+    names = [m.name for m in bench.methods]
     for name in args.only or []:
         if name not in names:
             import difflib
@@ -287,15 +289,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise UsageError(f"--only {name!r}: {args.study} has no such method"
                              + (f" (did you mean {close[0]!r}?)" if close else f"; it has {names}"))
     if args.limit:
-        study.limit = args.limit
+        bench.limit = args.limit
     if args.remeasure and not args.report_only:
         raise UsageError("--remeasure goes with --report-only (a full run measures every row it runs)")
     if args.report_only:
         from .compare import report_from_saved
 
-        summary = report_from_saved(study, remeasure=args.remeasure)
+        summary = report_from_saved(bench, remeasure=args.remeasure)
     else:
-        summary = run_study(study, only=args.only, progress=not args.no_progress)
+        summary = run_benchmark(bench, only=args.only, progress=not args.no_progress)
     print(markdown_table(summary["rows"]))
     print(f"results, table and figures in {summary['output']}")
     return 0
@@ -449,7 +451,7 @@ class BdRate(Command):
 
 class Compare(Command):
     name = "compare"
-    help = "run or collect every method of a study file; table + figures"
+    help = "run or collect every method of a benchmark (study) file; table + figures"
     run = staticmethod(cmd_compare)
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:

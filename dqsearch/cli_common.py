@@ -39,6 +39,25 @@ MODEL_NAMES = ("bmshj2018-factorized", "bmshj2018-hyperprior", "cheng2020-anchor
                "elic2022-official", "mbt2018", "mbt2018-mean")
 
 
+class RegistryChoices:
+    """argparse `choices` read from a registry (a dict of a module) when first needed — to check
+    a given value or to print help — so building the parser imports none of the registry's code."""
+
+    def __init__(self, module: str, registry: str) -> None:
+        self.module, self.registry = module, registry
+
+    def _names(self) -> list[str]:
+        import importlib
+
+        return list(getattr(importlib.import_module(self.module), self.registry))
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._names()
+
+    def __iter__(self):
+        return iter(self._names())
+
+
 # --- argument types -------------------------------------------------------------------------------
 def int_list(text: str) -> tuple[int, ...]:
     """`6,8,10` → (6, 8, 10): the one parser of comma-separated integers (bit-widths, profiles)."""

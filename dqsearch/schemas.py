@@ -274,7 +274,7 @@ SafeName = Annotated[str, AfterValidator(_safe_name)]
 _study_schemas: dict[tuple, type[BaseModel]] = {}
 
 
-def study_file_schema(train_config: type, quant_policy: type, kinds: Sequence[str],
+def benchmark_file_schema(train_config: type, quant_policy: type, kinds: Sequence[str],
                       default_input: str) -> type[BaseModel]:
     """The schema of a `dqsearch compare` benchmark file, built once per argument set from the
     TrainConfig and QuantPolicy dataclasses (passed in, so this module imports no training code)
