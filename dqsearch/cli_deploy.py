@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli_common import Command, height_width, int_list
+from .cli_common import Command, RegistryChoices, height_width, int_list
 
 
 def _kib(n: float | None) -> str:
@@ -18,8 +18,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .deploy.artifact import Options, export_model
     from .models import resolve_checkpoint
 
-    opts = Options(arithmetic=args.arithmetic, hyper=args.hyper, subpixel=args.subpixel,
-                   int8_weights=args.int8_weights, decide_input=args.decide_input, threads=args.threads)
+    given = {k: getattr(args, k) for k in ("arithmetic", "hyper", "subpixel", "int8_weights",
+                                           "decide_input", "threads")}
+    opts = Options(**{k: v for k, v in given.items() if v is not None})  # else Options' defaults
     images = [load_image(p).unsqueeze(0) for p in list_images(args.images)] if args.images else None
     if images:
         from .codec import PAD_MULTIPLE
@@ -102,25 +103,27 @@ class Export(Command):
         p.add_argument("--backend", default="ort-cpu",
                        help="a backend with a deployment part (`dqsearch backends` says which deploy)")
         p.add_argument("-o", "--output", required=True, help="export folder")
-        p.add_argument("--arithmetic", default="int8", choices=["int8", "exact"],
-                       help="g_a/g_s: int8 = QLinearConv (fast, per-tensor activations), exact = the "
-                            "learned per-channel QDQ with float convs (slow, bit-faithful)")
-        p.add_argument("--hyper", default="integer", choices=["integer", "float"],
-                       help="entropy parameters: integer-only h_s (bit-exact across machines and with "
-                            "dqsearch.deploy.torch_codec; streams are tagged), or the float h_s in ONNX "
-                            "Runtime (reads `dqsearch compress` streams, but not bit-exactly)")
-        p.add_argument("--subpixel", default="auto", choices=["auto", "on", "off"],
-                       help="ConvTranspose as Conv + PixelShuffle: auto keeps it where it times faster")
-        p.add_argument("--int8-weights", default="exact", choices=["exact", "symmetric"],
-                       help="exact: learned zero-points kept (per channel where needed); symmetric: "
-                            "zero-point 0, clipping 8-bit outliers (a faster QLinearConv)")
-        p.add_argument("--decide-input", type=height_width, default=(512, 768),
-                       help="HxW the auto decision is timed at")
+        # the export options: None means the default of deploy.artifact.Options (defined there)
+        p.add_argument("--arithmetic", choices=RegistryChoices("dqsearch.deploy.artifact", "ARITHMETICS"),
+                       help="g_a/g_s: int8 (default) = QLinearConv (fast, per-tensor activations), "
+                            "exact = the learned per-channel QDQ with float convs (slow, bit-faithful)")
+        p.add_argument("--hyper", choices=RegistryChoices("dqsearch.deploy.artifact", "HYPER"),
+                       help="entropy parameters: integer-only h_s (default; bit-exact across machines "
+                            "and with dqsearch.deploy.torch_codec; streams are tagged), or the float h_s "
+                            "in the backend (reads `dqsearch compress` streams, but not bit-exactly)")
+        p.add_argument("--subpixel", choices=RegistryChoices("dqsearch.deploy.artifact", "SUBPIXEL"),
+                       help="ConvTranspose as Conv + PixelShuffle: auto (default) keeps it where it "
+                            "times faster")
+        p.add_argument("--int8-weights", choices=RegistryChoices("dqsearch.deploy.artifact", "WEIGHT_MODES"),
+                       help="exact (default): learned zero-points kept (per channel where needed); "
+                            "symmetric: zero-point 0, clipping 8-bit outliers (a faster QLinearConv)")
+        p.add_argument("--decide-input", type=height_width,
+                       help="HxW the auto decision is timed at (default 512x768)")
         p.add_argument("--profile", type=int_list, action="append",
                        help="also build this profile (comma-separated bits in layer order; repeatable)")
         p.add_argument("--images", help="build the profiles the selectors pick for these images")
         p.add_argument("--calibration", help="images for the int8 output ranges (default: bundled samples)")
-        p.add_argument("--threads", type=int, default=1, help="intra-op threads for timing decisions")
+        p.add_argument("--threads", type=int, help="intra-op threads for timing decisions (default 1)")
         p.add_argument("--force", action="store_true", help="replace an existing export")
 
 
