@@ -35,8 +35,9 @@ __all__ = ["COMMANDS", "MODEL_NAMES", "UsageError", "build_parser", "error_line"
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="bmshj2018-hyperprior", choices=MODEL_NAMES,
-                   help="CompressAI architecture for a model built from scratch")
+    p.add_argument("--model", choices=MODEL_NAMES,
+                   help="CompressAI architecture for a model built from scratch or taken from the zoo "
+                        "(default: bmshj2018-hyperprior, workflows.TrainRun's)")
     p.add_argument("--N", type=int, help="channel count N (architecture default otherwise)")
     p.add_argument("--M", type=int, help="latent channel count M (where the architecture has it)")
 
@@ -87,81 +88,33 @@ def policy_from_args(args: argparse.Namespace):
 
 
 # --- commands -----------------------------------------------------------------------------------
-def _latency_terms(args: argparse.Namespace, model) -> list:
-    """η·L_lat from --latency-table/--target-latency/--latency-weight, checked against the model."""
-    given = [args.latency_table, args.target_latency, args.latency_weight]
-    if not any(v is not None for v in given):
-        return []
-    if not all(v is not None for v in given):
-        raise UsageError("the latency term needs --latency-table, --target-latency and --latency-weight")
-    from .latency import LatencyTable
-    from .latency_term import LatencyTerm, check_table_matches, parse_latency
-    from .quant.wrap import dynamic_layers
-
-    if not dynamic_layers(model):
-        raise UsageError("the latency term needs selectors to steer: add --candidates (a DQ model)")
-    table = LatencyTable.load(args.latency_table)
-    check_table_matches(table, model)
-    return [LatencyTerm(table, parse_latency(args.target_latency), args.latency_weight, args.latency_form,
-                        per_image=args.latency_reduce == "image")]
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    from .data import CropSampler, default_train_dir, list_images
-    from .models import build_model, load_checkpoint, pretrained_model, resolve_checkpoint
-    from .quant.wrap import wrap
-    from .train import RunSpec, TrainConfig, train
+    from .workflows import LatencyGoal, TrainRun, train_run
 
     set_torch_threads(args.threads)
-    output = Path(args.output)
-    policy = policy_from_args(args)
-    train_state = None
-    overrides = {k: getattr(args, k) for k in (
+    given = [args.latency_table, args.target_latency, args.latency_weight]
+    if any(v is not None for v in given) and not all(v is not None for v in given):
+        raise UsageError("the latency term needs --latency-table, --target-latency and --latency-weight")
+    latency = None if args.latency_table is None else LatencyGoal(
+        args.latency_table, args.target_latency, args.latency_weight, args.latency_form,
+        per_image=args.latency_reduce == "image")
+    config = {k: getattr(args, k) for k in (
         "lmbda", "metric", "steps", "batch_size", "crop", "lr", "lr_end", "aux_lr", "quant_lr", "selector_lr",
         "gamma", "diversity", "bits_cost", "calibration_images", "checkpoint_every", "seed", "device",
         "compile")
         if getattr(args, k) is not None}
-    if args.resume and output.exists():
-        ck = load_checkpoint(output, with_train_state=True)
-        if not ck.train_state:
-            raise UsageError(f"{output} holds no training state to resume (it is a final export)")
-        config = TrainConfig.from_dict({**ck.train_state["config"], **(
-            {"steps": args.steps} if args.steps else {})})
-        model, train_state = ck.model, ck.train_state
-        spec = RunSpec(ck.architecture, ck.arch_args, ck.policy, ck.meta)
-        if train_state["step"] >= config.steps:
-            print(f"{output} already finished {train_state['step']} steps; raise --steps to continue")
-            return 0
-    else:
-        if output.exists() and not args.force:
-            raise UsageError(f"{output} exists: pass --resume to continue it or --force to overwrite")
-        config = TrainConfig(**overrides)
-        import torch
-
-        torch.manual_seed(config.seed)  # model initialisation is part of the reproducible run
-        meta = {"command": "dqsearch " + shlex.join(args.argv) if args.record_command else None}
-        if args.pretrained:
-            model = pretrained_model(args.model, args.quality)
-            spec = RunSpec(args.model, {}, None, meta)
-        elif args.checkpoint:
-            ck = load_checkpoint(resolve_checkpoint(args.checkpoint))
-            if ck.policy is not None and policy is not None:
-                raise UsageError(f"{args.checkpoint} is already quantized; start QAT from an FP32 one")
-            model = ck.model
-            spec = RunSpec(ck.architecture, ck.arch_args, ck.policy,
-                           {**meta, "init_from": str(args.checkpoint), "init_model_id": ck.model_id})
-        else:
-            arch_args = {k: v for k, v in (("N", args.N), ("M", args.M)) if v is not None}
-            model = build_model(args.model, **arch_args)
-            spec = RunSpec(args.model, arch_args, None, meta)
-        if policy is not None:
-            wrap(model, policy)
-            spec.policy = policy
-    data = Path(args.data) if args.data else default_train_dir()
-    sampler = CropSampler(list_images(data), config.crop)
-    terms = _latency_terms(args, model)
-    last = train(model, spec, sampler, config, output, train_state, terms, progress=not args.no_progress)
-    print(f"wrote {output}: step {last.get('step')}, bpp {last.get('bpp', 0):.3f}, "
+    run = TrainRun(
+        output=Path(args.output), data=Path(args.data) if args.data else None, resume=args.resume,
+        force=args.force, checkpoint=args.checkpoint, pretrained=args.pretrained, quality=args.quality,
+        **({"architecture": args.model} if args.model else {}),
+        arch_args={k: v for k, v in (("N", args.N), ("M", args.M)) if v is not None},
+        policy=policy_from_args(args), config=config, latency=latency,
+        command="dqsearch " + shlex.join(args.argv) if args.record_command else None,
+        progress=not args.no_progress)
+    last = train_run(run)
+    if last is None:
+        return 0
+    print(f"wrote {run.output}: step {last.get('step')}, bpp {last.get('bpp', 0):.3f}, "
           f"PSNR {last.get('psnr', 0):.2f} dB")
     return 0
 
@@ -304,30 +257,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_fmpq(args: argparse.Namespace) -> int:
-    from .data import CropSampler, default_train_dir, list_images
-    from .fmpq import FMPQTarget, run_fmpq
-    from .latency_term import parse_latency
-    from .models import load_checkpoint, resolve_checkpoint
-    from .train import TrainConfig
-    from .units import DEFAULT_LMBDA
+    from .workflows import FmpqRun, fmpq_run
 
     set_torch_threads(args.threads)
-    ck = load_checkpoint(resolve_checkpoint(args.checkpoint))
-    table = args.latency_table
-    if args.target_latency and not table and args.backend:
-        from .workflows import find_or_profile_table
-
-        info = {"architecture": ck.architecture, "arch_args": ck.arch_args}
-        table = str(find_or_profile_table(args.backend, ck.model, info, input_size(args.input),
-                                          backend_options(args), not args.no_progress))
-    latency = parse_latency(args.target_latency) if args.target_latency else None
-    target = FMPQTarget(args.target_size, latency, table)
-    sampler = CropSampler(list_images(args.data or default_train_dir()), args.crop)
-    config = TrainConfig(lmbda=ck.meta.get("lmbda") or DEFAULT_LMBDA, steps=args.steps,
-                         batch_size=args.batch_size, crop=args.crop, lr=args.lr, seed=args.seed,
-                         compile=bool(args.compile))
-    found = run_fmpq(ck, args.bits, target, sampler, config, args.output, args.calibration_batches,
-                     progress=not args.no_progress)
+    needs_table = bool(args.target_latency and not args.latency_table and args.backend)
+    recipe = {k: getattr(args, k) for k in ("bits", "steps", "batch_size", "crop", "lr",
+                                            "calibration_batches", "seed")}
+    run = FmpqRun(
+        checkpoint=args.checkpoint, output=args.output, target_size=args.target_size,
+        target_latency=args.target_latency, latency_table=args.latency_table, backend=args.backend,
+        backend_options=backend_options(args) if needs_table else {},
+        input_shape=input_size(args.input) if needs_table else None,
+        data=args.data, compile=bool(args.compile), progress=not args.no_progress,
+        **{k: v for k, v in recipe.items() if v is not None})  # else FmpqRun's recipe
+    found, target = fmpq_run(run)
     unit, goal = ("size ratio", target.size) if target.size is not None else ("ms", target.latency_ms)
     print(f"β = {found.beta:.4g} after {found.iterations} iterations: {unit} {found.score:.4f} "
           f"(target {goal:g}, {'met' if found.met else 'closest below the target'}); bits "
@@ -477,7 +420,8 @@ class Fmpq(Command):
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("--checkpoint", help="FP32 checkpoint (default: the embedded model)")
-        p.add_argument("--bits", type=int_list, default=(4, 6, 8, 10, 16), help="candidate bit-widths")
+        p.add_argument("--bits", type=int_list,
+                       help="candidate bit-widths (default: fmpq.DEFAULT_BITS, 4,6,8,10,16)")
         t = p.add_mutually_exclusive_group(required=True)
         t.add_argument("--target-size", type=float, help="packed conv weights / FP32, e.g. 0.25")
         t.add_argument("--target-latency", help="latency budget, e.g. 20ms (needs a table)")
@@ -488,12 +432,13 @@ class Fmpq(Command):
         add_input_arg(p, "input size for a table profiled now")
         p.add_argument("--data", help="training/calibration images (default ../shared/data/train)")
         p.add_argument("-o", "--output", required=True, help="QAT checkpoint to write")
-        p.add_argument("--steps", type=int, default=300, help="QAT steps with the leaky clip")
-        p.add_argument("--batch-size", type=int, default=8)
-        p.add_argument("--crop", type=int, default=128)
-        p.add_argument("--lr", type=float, default=1e-5)
-        p.add_argument("--calibration-batches", type=int, default=4, help="batches for ζ")
-        p.add_argument("--seed", type=int, default=0)
+        # the recipe: None means workflows.FmpqRun's default
+        p.add_argument("--steps", type=int, help="QAT steps with the leaky clip (default 300)")
+        p.add_argument("--batch-size", type=int)
+        p.add_argument("--crop", type=int)
+        p.add_argument("--lr", type=float)
+        p.add_argument("--calibration-batches", type=int, help="batches for ζ")
+        p.add_argument("--seed", type=int)
         p.add_argument("--compile", action="store_true")
         p.add_argument("--threads", type=int, help=THREADS_HELP)
         p.add_argument("--no-progress", action="store_true")

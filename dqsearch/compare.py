@@ -26,6 +26,7 @@ import torch
 from .atomic import write_json
 from .data import CropSampler, list_images, repo_data_dir, sample_images_dir
 from .evaluate import evaluate_checkpoint, load_results, results_json
+from .fmpq import DEFAULT_BITS as FMPQ_BITS
 from .models import load_checkpoint, resolve_checkpoint, save_checkpoint
 from .quant.wrap import QuantPolicy, calibrate, weight_bytes, wrap
 from .report import csv_table, markdown_table, plot_bits_heatmap, plot_rd, summary_rows
@@ -341,7 +342,7 @@ class FMPQMethod(MethodKind):
         if "latency_table" in fm:
             fm["latency_table"] = str(ctx.where(fm["latency_table"], ctx.root, "latency_table"))
         return Method(m["name"], self.name, None, _train_fields(m),
-                      {**fm, "bits": m.get("candidates", [4, 6, 8, 10, 16])})
+                      {**fm, "bits": m.get("candidates", list(FMPQ_BITS))})
 
     def checkpoint(self, bench: Benchmark, method: Method, base: Path, out: Path, progress: bool) -> Path:
         from .fmpq import FMPQTarget, run_fmpq
