@@ -28,7 +28,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -429,6 +429,36 @@ def decode(model: nn.Module, model_id: str, data: bytes, name: str = "file",
     _, pad = pad_to_multiple(torch.empty(1, 1, header.height, header.width), PAD_MULTIPLE)
     # garbage strings can decode to huge latents and NaN pixels: NaN becomes 0, not undefined bytes
     return crop_padding(x_hat, pad).nan_to_num(0.0, 1.0, 0.0).clamp(0, 1), header
+
+
+# --- engines --------------------------------------------------------------------------------------
+class Codec(Protocol):
+    """One codec interface, several engines: `TorchCodec` (this module, PyTorch) and
+    `dqsearch.deploy.runtime.RuntimeCodec` (an export run by a backend's deployment part). Every
+    engine reads and writes the same bitstream; tests/test_codec_engines.py round-trips them all."""
+
+    engine: str
+    model_id: str
+
+    def encode(self, image: Tensor) -> Encoded: ...
+
+    def decode(self, data: bytes) -> tuple[Tensor, Header]: ...
+
+
+@dataclass
+class TorchCodec:
+    """The PyTorch engine: `encode`/`decode` of this module with one model."""
+
+    model: nn.Module
+    model_id: str
+    hyper: str = "auto"
+    engine: str = "torch"
+
+    def encode(self, image: Tensor) -> Encoded:
+        return encode(self.model, self.model_id, image, hyper=self.hyper)
+
+    def decode(self, data: bytes) -> tuple[Tensor, Header]:
+        return decode(self.model, self.model_id, data)
 
 
 def compress_file(model: nn.Module, model_id: str, image_path: str | Path, output: str | Path,

@@ -175,6 +175,25 @@ def check_additivity(backend: Backend, model: nn.Module, table, tolerance: float
         f"the table does not add up to profile_model within ±{tolerance:.0%}: {text}")
 
 
+def tiny_quantized_checkpoint(path: Path, bits: int = 8) -> Path:
+    """The tiny model (`TINY_MODEL`) wrapped at `bits`, calibrated on two random images (seeded),
+    saved to `path`: a quantized checkpoint every engine can run in seconds."""
+    from ..models import build_model, save_checkpoint
+    from ..quant.wrap import QuantPolicy, calibrate, wrap
+
+    policy = QuantPolicy.fixed(bits)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = wrap(build_model(TINY_MODEL[0], **TINY_MODEL[1]), policy)
+        calib = [torch.rand(1, 3, 64, 64) for _ in range(2)]
+        with torch.no_grad():
+            calibrate(model, calib)
+    model.update(force=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, model, TINY_MODEL[0], TINY_MODEL[1], policy)
+    return path
+
+
 def check_deployment(backend: Backend, folder: Path, image: torch.Tensor | None = None) -> float | None:
     """The deployment part, where a backend has one: a tiny calibrated 8-bit checkpoint exported
     through it, an image compressed with the PyTorch codec (integer entropy parameters, which
@@ -184,8 +203,7 @@ def check_deployment(backend: Backend, folder: Path, image: torch.Tensor | None 
     from ..deploy.artifact import Options, export_model
     from ..deploy.runtime import Runtime
     from ..evaluate import psnr
-    from ..models import build_model, load_checkpoint, save_checkpoint
-    from ..quant.wrap import QuantPolicy, calibrate, wrap
+    from ..models import load_checkpoint
 
     deployment = backend.deployment()
     if deployment is None:
@@ -193,14 +211,8 @@ def check_deployment(backend: Backend, folder: Path, image: torch.Tensor | None 
     assert isinstance(deployment, Deployment), f"deployment() returned {type(deployment).__name__}"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = wrap(build_model(TINY_MODEL[0], **TINY_MODEL[1]), QuantPolicy.fixed(8))
-        calib = [torch.rand(1, 3, 64, 64) for _ in range(2)]
         image = torch.rand(1, 3, 64, 64) if image is None else image
-    with torch.no_grad():
-        calibrate(model, calib)
-    model.update(force=True)
-    path = folder / "tiny-8bit.pt"
-    save_checkpoint(path, model, TINY_MODEL[0], TINY_MODEL[1], QuantPolicy.fixed(8))
+    path = tiny_quantized_checkpoint(folder / "tiny-8bit.pt")
     ck = load_checkpoint(path)
     export_model(path, folder / "export", backend.name, Options(subpixel="off", decide_input=(64, 64)),
                  force=True)

@@ -236,6 +236,25 @@ class Runtime:
         return crop_padding(x_hat, pad).clamp(0, 1), header, info
 
 
+class RuntimeCodec:
+    """The runtime engine behind the one `dqsearch.codec.Codec` interface: an export folder run
+    by its backend's deployment part. `last_info` keeps the timings of the last call."""
+
+    def __init__(self, folder: str | Path, threads: int = 1, build_missing: bool = True):
+        self.runtime = Runtime(folder, threads, build_missing)
+        self.engine = self.runtime.engine
+        self.model_id = self.runtime.manifest["model_id"]
+        self.last_info: dict = {}
+
+    def encode(self, image: torch.Tensor) -> Encoded:
+        enc, self.last_info = self.runtime.encode(image)
+        return enc
+
+    def decode(self, data: bytes) -> tuple[torch.Tensor, Header]:
+        x_hat, header, self.last_info = self.runtime.decode(data)
+        return x_hat, header
+
+
 def profile_of(runtime: Runtime, profile: Mapping[str, int]) -> tuple[int, ...]:
     """A {layer: bits} profile as the header's bit tuple, in the model's layer order."""
     return tuple(int(profile[n]) for n in runtime.store.layer_names)
