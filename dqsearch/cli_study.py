@@ -19,20 +19,6 @@ from .cli_common import (
     positive,
 )
 
-# This machine's CPU, when the user names no hardware: the first installed of these.
-LOCAL_CPU_BACKENDS = ("ort-cpu", "tvm-cpu")
-
-
-def _local_cpu_backend() -> str:
-    from .backends import available_backends
-
-    found = [b for b in LOCAL_CPU_BACKENDS if b in available_backends()]
-    if not found:
-        raise ValueError("name the hardware: --backend NAME (or --latency-table TABLE); no CPU "
-                         f"backend ({', '.join(LOCAL_CPU_BACKENDS)}) is installed: "
-                         "pip install -e backends/onnxruntime")
-    return found[0]
-
 
 def _output(args: argparse.Namespace) -> Path:
     return Path(args.output) if args.output else Path("studies") / args.study_name
@@ -55,60 +41,30 @@ def _storage(args: argparse.Namespace, create: bool = True) -> str:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from .backends.host import cpu_model
-    from .feasibility import assess
-    from .latency import LatencyTable
-    from .latency_term import parse_latency
-    from .models import EMBEDDED_QUALITIES, load_checkpoint, resolve_checkpoint
-    from .study import StudyConfig, create_study, run_trials, timed_backend
     from .threads import set_torch_threads
-    from .workflows import config_default, find_or_profile_table
+    from .workflows import SearchRun, search_run
 
     if args.target_latency is None:
         raise UsageError("the following arguments are required: --target-latency")
     set_torch_threads(args.threads)
-    target = parse_latency(args.target_latency)
-    if not args.backend and not args.latency_table:
-        args.backend = _local_cpu_backend()
-        print(f"no --backend given: measuring on this machine's CPU with {args.backend} ({cpu_model()}); "
-              "name another with --backend")
-    options = backend_options(args) if args.backend else {}
-    specs = args.checkpoint or [f"embedded:{q}" for q in EMBEDDED_QUALITIES]
-    family = [s if s.startswith("embedded:") else str(Path(s).resolve()) for s in specs]
-    args.study_name = args.study_name or f"dq-{args.backend or 'table'}-{target:g}ms"
-    out = _output(args)
-    if args.latency_table:
-        table = str(Path(args.latency_table).resolve())
-    elif args.backend:
-        ck = load_checkpoint(resolve_checkpoint(family[0]))
-        info = {"architecture": ck.architecture, "arch_args": ck.arch_args}
-        table = str(find_or_profile_table(args.backend, ck.model, info, input_size(args.input), options,
-                                          not args.no_progress).resolve())
-    loaded = LatencyTable.load(table)
-    shape = loaded.metadata.get("input_shape")
-    size = f"{shape[-2]}x{shape[-1]}" if shape else args.input
-    given = {"steps": args.steps, "batch_size": args.batch_size, "crop": args.crop, "lr": args.lr,
-             "val_limit": args.val_limit, "bit_sets": args.bit_sets, "gamma": args.gamma_range,
-             "eta": args.eta_range, "latency_form": args.latency_form, "selector": args.selector,
-             "objective": args.objective, "sampler": args.sampler, "startup_trials": args.startup_trials,
-             "seed": args.seed, "heartbeat_s": args.heartbeat, "grace_s": args.grace}
-    given = {k: v for k, v in given.items() if v is not None}
-    chosen = {k: given.get(k, config_default(StudyConfig, k)) for k in ("bit_sets", "selector")}
-    for note in assess(loaded, chosen["bit_sets"], target, chosen["selector"], size,
-                       args.backend or "this table"):
-        print(f"note: {note}")
-    measure = args.measure if args.measure is not None else timed_backend(args.backend)
-    from .data import default_train_dir
-
-    config = StudyConfig(
-        family=family, latency_table=table, target_ms=target,
-        train_data=str(Path(args.data).resolve() if args.data else default_train_dir()),
-        trial_dir=str((out / "trials").resolve()), backend=args.backend, lmbda=args.lmbda,
-        measure=measure, compile=bool(args.compile), backend_options=options, **given)
-    storage = _storage(args)
-    study = create_study(args.study_name, storage, config)
-    ran = run_trials(study, config, args.trials, progress=not args.no_progress)
-    print(f"study {args.study_name}: ran {ran} trial(s)")
+    if not args.latency_table:
+        input_size(args.input)  # an --input the codec runs (a multiple of 64), checked before anything
+    settings = {"steps": args.steps, "batch_size": args.batch_size, "crop": args.crop, "lr": args.lr,
+                "val_limit": args.val_limit, "bit_sets": args.bit_sets, "gamma": args.gamma_range,
+                "eta": args.eta_range, "latency_form": args.latency_form, "selector": args.selector,
+                "objective": args.objective, "sampler": args.sampler,
+                "startup_trials": args.startup_trials, "seed": args.seed, "heartbeat_s": args.heartbeat,
+                "grace_s": args.grace}
+    run = SearchRun(
+        target_latency=args.target_latency, checkpoints=args.checkpoint, backend=args.backend,
+        backend_options=backend_options(args) if args.backend or not args.latency_table else {},
+        latency_table=args.latency_table, input=args.input, study_name=args.study_name,
+        storage=args.storage, output=Path(args.output) if args.output else None, trials=args.trials,
+        data=Path(args.data) if args.data else None, measure=args.measure, lmbda=args.lmbda,
+        compile=bool(args.compile), settings={k: v for k, v in settings.items() if v is not None},
+        progress=not args.no_progress)
+    study, config, out, ran = search_run(run)
+    print(f"study {study.study_name}: ran {ran} trial(s)")
     return _show(study, config, out)
 
 

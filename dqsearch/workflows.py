@@ -4,8 +4,9 @@
 QAT policy; latency term); `find_or_profile_table` is the table lookup-or-profile step that
 `dqsearch study`, `dqsearch fmpq` and benchmark files share; `config_default` reads a config
 dataclass's own default, so a command that exposes a field as a flag does not write the default a
-second time; `fmpq_run(FmpqRun)` is `dqsearch fmpq`. The search is `study.StudyConfig` +
-`study.run_trials`, the benchmark `compare.Benchmark` + `compare.run_benchmark`.
+second time; `fmpq_run(FmpqRun)` is `dqsearch fmpq`; `search_run(SearchRun)` is `dqsearch study`
+(hardware, table, feasibility notes, then `study.StudyConfig` + `study.run_trials`). The benchmark
+is `compare.Benchmark` + `compare.run_benchmark`.
 """
 
 from __future__ import annotations
@@ -213,3 +214,93 @@ def fmpq_run(run: FmpqRun):
     found = run_fmpq(ck, run.bits or DEFAULT_BITS, target, sampler, config, run.output,
                      run.calibration_batches, progress=run.progress)
     return found, target
+
+
+# This machine's CPU, when a search names no hardware: the first installed of these.
+LOCAL_CPU_BACKENDS = ("ort-cpu", "tvm-cpu")
+
+
+def local_cpu_backend() -> str:
+    from .backends import available_backends
+
+    found = [b for b in LOCAL_CPU_BACKENDS if b in available_backends()]
+    if not found:
+        raise RunError("name the hardware: --backend NAME (or --latency-table TABLE); no CPU "
+                       f"backend ({', '.join(LOCAL_CPU_BACKENDS)}) is installed: "
+                       "pip install -e backends/onnxruntime")
+    return found[0]
+
+
+@dataclass
+class SearchRun:
+    """One latency-constrained search (`dqsearch study`). Without `backend` and `latency_table`
+    it measures on this machine's CPU (`LOCAL_CPU_BACKENDS`); a backend's table is found or
+    profiled (`find_or_profile_table`). `settings` are the `StudyConfig` fields given (the others
+    keep StudyConfig's defaults). The study is `study_name` (default dq-BACKEND-TARGET) in
+    `storage` (default: SQLite in `output`, default studies/NAME)."""
+
+    target_latency: str
+    checkpoints: list[str] | None = None  # the FP32 family (default embedded:1..4)
+    backend: str | None = None
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    latency_table: str | None = None
+    input: str | None = None  # HxW of a table profiled now (default units.DEFAULT_INPUT)
+    study_name: str | None = None
+    storage: str | None = None
+    output: Path | None = None
+    trials: int = 12
+    data: Path | None = None
+    measure: bool | None = None  # default: on for timed backends, off for simulated ones
+    lmbda: float | None = None
+    compile: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)
+    progress: bool = True
+
+
+def search_run(run: SearchRun):
+    """Create (or resume) the study and run its trials; returns (study, config, output folder,
+    trials run now)."""
+    from .backends.host import cpu_model
+    from .data import default_train_dir
+    from .feasibility import assess
+    from .latency import LatencyTable
+    from .latency_term import parse_latency
+    from .models import EMBEDDED_QUALITIES, load_checkpoint, resolve_checkpoint
+    from .study import StudyConfig, create_study, default_storage, run_trials, timed_backend
+    from .units import DEFAULT_INPUT, parse_input_shape
+
+    target = parse_latency(run.target_latency)
+    backend = run.backend
+    if not backend and not run.latency_table:
+        backend = local_cpu_backend()
+        print(f"no --backend given: measuring on this machine's CPU with {backend} ({cpu_model()}); "
+              "name another with --backend")
+    options = run.backend_options if backend else {}
+    specs = run.checkpoints or [f"embedded:{q}" for q in EMBEDDED_QUALITIES]
+    family = [s if s.startswith("embedded:") else str(Path(s).resolve()) for s in specs]
+    name = run.study_name or f"dq-{backend or 'table'}-{target:g}ms"
+    out = Path(run.output) if run.output else Path("studies") / name
+    input_text = run.input or DEFAULT_INPUT
+    if run.latency_table:
+        table = str(Path(run.latency_table).resolve())
+    else:
+        ck = load_checkpoint(resolve_checkpoint(family[0]))
+        info = {"architecture": ck.architecture, "arch_args": ck.arch_args}
+        table = str(find_or_profile_table(backend, ck.model, info, parse_input_shape(input_text), options,
+                                          run.progress).resolve())
+    loaded = LatencyTable.load(table)
+    shape = loaded.metadata.get("input_shape")
+    size = f"{shape[-2]}x{shape[-1]}" if shape else input_text
+    chosen = {k: run.settings.get(k, config_default(StudyConfig, k)) for k in ("bit_sets", "selector")}
+    for note in assess(loaded, chosen["bit_sets"], target, chosen["selector"], size,
+                       backend or "this table"):
+        print(f"note: {note}")
+    measure = run.measure if run.measure is not None else timed_backend(backend)
+    config = StudyConfig(
+        family=family, latency_table=table, target_ms=target,
+        train_data=str(Path(run.data).resolve() if run.data else default_train_dir()),
+        trial_dir=str((out / "trials").resolve()), backend=backend, lmbda=run.lmbda,
+        measure=measure, compile=bool(run.compile), backend_options=options, **run.settings)
+    study = create_study(name, run.storage or default_storage(out, name), config)
+    ran = run_trials(study, config, run.trials, progress=run.progress)
+    return study, config, out, ran
