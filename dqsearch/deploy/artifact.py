@@ -32,7 +32,9 @@ import torch
 from .. import __version__
 from ..atomic import write_json
 from ..backends.base import Deployment
+from ..codec import _profile_for
 from ..integer.int_hyper import IntegerHyperSynthesis
+from ..integer.packing import write_packed
 from ..integer.params import model_layers
 from ..models import LoadedCheckpoint, atomic_torch_save, load_checkpoint
 from ..quant.wrap import FP32, dynamic_layers, quantized_layers, weight_bytes
@@ -162,8 +164,6 @@ class Store:
         """The precision profile for a padded image: fixed, or the selectors' choice."""
         if self.manifest["default_bits"] is not None:
             return tuple(self.manifest["default_bits"])
-        from ..codec import _profile_for
-
         model = self.source().model
         with torch.no_grad():
             profile = _profile_for(model, x)
@@ -206,8 +206,6 @@ def build_profile(store: Store, bits: tuple[int, ...]) -> Path:
             scale_table = model.gaussian_conditional.scale_table.tolist()
             IntegerHyperSynthesis.build(hs, scale_table).save(tmp / "h_s_int.npz")
             sizes["h_s_int.npz"] = (tmp / "h_s_int.npz").stat().st_size
-        from ..integer.packing import write_packed
-
         packed = write_packed(layers, tmp)
         total_fp32 = sum(p.numel() for p in model.parameters()) * 4.0
         wb = weight_bytes(model, profile) if quantized_layers(model) else {

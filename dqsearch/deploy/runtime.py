@@ -33,6 +33,7 @@ from ..codec import (
     unpack,
 )
 from ..data import crop_padding, pad_to_multiple
+from ..integer.int_entropy import integer_hyper, integer_unsupported
 from ..streamcheck import Layout, LayoutError, check_stream, padded
 from .artifact import ProfileArtifact, Store
 from .stages import Stages
@@ -129,8 +130,6 @@ class Runtime:
         if (lo.artifact.folder / "h_s_int.npz").is_file():
             return lo.artifact.integer_hyper()
         if lo.artifact._hyper is None:
-            from ..integer.int_entropy import integer_hyper, integer_unsupported
-
             model = self.store.source().model
             profile = dict(zip(self.store.layer_names, lo.artifact.info["bits"], strict=True))
             why = integer_unsupported(model, profile)
