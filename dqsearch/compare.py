@@ -82,6 +82,8 @@ class MethodKind:
 
     name: str = ""
     fields: frozenset[str] = frozenset()
+    #: method fields this kind adds to the benchmark-file schema: {name: type} (optional keys)
+    schema_fields: dict[str, Any] = {}
 
     def parse(self, m: dict[str, Any], ctx: FileContext) -> Method:
         return Method(m["name"], self.name, None, _train_fields(m))
@@ -142,8 +144,9 @@ class Benchmark:
         except (OSError, UnicodeDecodeError, SchemaError) as e:
             raise BenchmarkError(f"study file {path} cannot be read: {e}") from None
         try:
-            validate(benchmark_file_schema(TrainConfig, QuantPolicy, tuple(METHOD_KINDS), DEFAULT_INPUT), raw,
-                     f"study file {path}")
+            kind_fields = tuple((n, t) for k in METHOD_KINDS.values() for n, t in k.schema_fields.items())
+            validate(benchmark_file_schema(TrainConfig, QuantPolicy, tuple(METHOD_KINDS), DEFAULT_INPUT,
+                                           kind_fields), raw, f"study file {path}")
         except SchemaError as e:
             raise BenchmarkError(str(e)) from None
         root = path.parent
@@ -170,7 +173,7 @@ class Benchmark:
             if kind not in METHOD_KINDS:
                 raise BenchmarkError(f"{path}: method {m['name']!r} has kind {kind!r}; use one of "
                                      f"{tuple(METHOD_KINDS)}")
-            known = set().union(*(k.fields for k in METHOD_KINDS.values()))
+            known = set().union(*(set(k.fields) | set(k.schema_fields) for k in METHOD_KINDS.values()))
             extra = set(m) - _POLICY_KEYS - _TRAIN_KEYS - {"name", "kind"} - known
             if extra:
                 raise BenchmarkError(f"{path}: method {m['name']!r} has unknown fields {sorted(extra)}")

@@ -275,12 +275,14 @@ _study_schemas: dict[tuple, type[BaseModel]] = {}
 
 
 def benchmark_file_schema(train_config: type, quant_policy: type, kinds: Sequence[str],
-                      default_input: str) -> type[BaseModel]:
+                          default_input: str, kind_fields: tuple[tuple[str, Any], ...] = ()
+                          ) -> type[BaseModel]:
     """The schema of a `dqsearch compare` benchmark file, built once per argument set from the
     TrainConfig and QuantPolicy dataclasses (passed in, so this module imports no training code)
     so that a new training or quantization option is accepted without editing this file; `kinds`
-    are the method kinds `compare` knows, `default_input` the latency input size."""
-    key = (train_config, quant_policy, tuple(kinds), default_input)
+    are the method kinds `compare` knows, `default_input` the latency input size, `kind_fields`
+    (name, type) pairs of method fields that kinds add (optional, default None)."""
+    key = (train_config, quant_policy, tuple(kinds), default_input, tuple(kind_fields))
     if key in _study_schemas:
         return _study_schemas[key]
     TrainConfig, QuantPolicy = train_config, quant_policy  # noqa: N806
@@ -307,6 +309,7 @@ def benchmark_file_schema(train_config: type, quant_policy: type, kinds: Sequenc
         sampler=(Literal["tpe", "random"] | None, None),
         startup_trials=(Annotated[int, Field(ge=1, le=10_000)] | None, None), measure=(bool | None, None),
         backend_options=(dict[str, str | int | float | bool] | None, None))
+    method_fields.update({k: (t | None, None) for k, t in kind_fields if k not in method_fields})
     method = create_model("Method", __base__=Strict, **method_fields)
     schema = create_model(
         "StudyFile", __base__=Strict, name=(SafeName, ...), description=(str, ""),

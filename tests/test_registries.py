@@ -42,3 +42,26 @@ def test_a_new_method_kind_is_one_class(tmp_path, monkeypatch):
     assert [m.kind for m in bench.methods] == ["fp32", "fp32-copy"]
     assert isinstance(bench.methods[1].handler, Copy)
     assert Copy().checkpoints(bench, bench.methods[1], False)[0].name.endswith(".pt")
+
+
+def test_a_new_method_kind_adds_its_own_fields(tmp_path, monkeypatch):
+    """A kind's `schema_fields` are accepted by the benchmark file (and typed) with no schema edit."""
+    monkeypatch.setattr(compare, "METHOD_KINDS", dict(compare.METHOD_KINDS))
+
+    @compare.method_kind
+    class Tagged(compare.FP32Method):
+        name = "fp32-tagged"
+        schema_fields = {"tag": str}
+
+        def parse(self, m, ctx):
+            method = super().parse(m, ctx)
+            method.options["tag"] = m.get("tag")
+            return method
+
+    path = tmp_path / "b.toml"
+    body = 'name = "b"\nfamily = ["embedded:1"]\n[[methods]]\nname = "t"\nkind = "fp32-tagged"\n'
+    path.write_text(body + 'tag = "x"\n')
+    assert compare.Benchmark.load(path).methods[0].options["tag"] == "x"
+    path.write_text(body + "tag = 3\n")
+    with pytest.raises(compare.BenchmarkError, match="tag"):
+        compare.Benchmark.load(path)
