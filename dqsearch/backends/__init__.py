@@ -1,4 +1,5 @@
-"""Backend plugins: the contract (`base`), the entry-point registry, table profiling, validation."""
+"""Backend plugins: the contract (`base`: Backend and its optional Deployment part), tracing, the
+entry-point registry, table profiling, validation and the conformance suite (`testing`)."""
 
 from .base import (
     FP32,
