@@ -48,10 +48,11 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
     x.add_argument("--bits", type=int, help="fixed bit-width for every layer (DPA, a 'Q-' model)")
     x.add_argument("--candidates", type=int_list,
                    help="candidate bit-widths for the selector, e.g. 6,8,10 (DBWS, a 'DQ-' model)")
-    g.add_argument("--quantizer", default="dpa",
+    g.add_argument("--quantizer", default="dpa", metavar="NAME",
                    choices=RegistryChoices("dqsearch.quant.quantizer", "QUANTIZERS"),
-                   help="dpa: learnable s,z (DynaQuant); minmax: static min/max + STE (FPQ); "
-                        "pams: learnable clipping")
+                   help="a registered quantizer (dqsearch.quant.quantizer.QUANTIZERS): dpa (default): "
+                        "learnable s,z (DynaQuant); minmax: static min/max + STE (FPQ); pams: "
+                        "learnable clipping")
     g.add_argument("--rounding", default="dgm", choices=["dgm", "ste"])
     g.add_argument("--beta", type=float, default=1.0, help="DGM sharpness β")
     g.add_argument("--no-learn-scale", action="store_true", help="freeze s (ablation)")

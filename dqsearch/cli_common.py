@@ -41,7 +41,9 @@ MODEL_NAMES = ("bmshj2018-factorized", "bmshj2018-hyperprior", "cheng2020-anchor
 
 class RegistryChoices:
     """argparse `choices` read from a registry (a dict of a module) when first needed — to check
-    a given value or to print help — so building the parser imports none of the registry's code."""
+    a given value or to list them in an error — so building the parser imports none of the
+    registry's code. Give the argument a `metavar`: argparse otherwise lists the choices while
+    building the parser."""
 
     def __init__(self, module: str, registry: str) -> None:
         self.module, self.registry = module, registry

@@ -104,17 +104,21 @@ class Export(Command):
                        help="a backend with a deployment part (`dqsearch backends` says which deploy)")
         p.add_argument("-o", "--output", required=True, help="export folder")
         # the export options: None means the default of deploy.artifact.Options (defined there)
-        p.add_argument("--arithmetic", choices=RegistryChoices("dqsearch.deploy.artifact", "ARITHMETICS"),
+        p.add_argument("--arithmetic", metavar="MODE",
+                       choices=RegistryChoices("dqsearch.deploy.artifact", "ARITHMETICS"),
                        help="g_a/g_s: int8 (default) = QLinearConv (fast, per-tensor activations), "
                             "exact = the learned per-channel QDQ with float convs (slow, bit-faithful)")
-        p.add_argument("--hyper", choices=RegistryChoices("dqsearch.deploy.artifact", "HYPER"),
+        p.add_argument("--hyper", metavar="MODE",
+                       choices=RegistryChoices("dqsearch.deploy.artifact", "HYPER"),
                        help="entropy parameters: integer-only h_s (default; bit-exact across machines "
                             "and with dqsearch.deploy.torch_codec; streams are tagged), or the float h_s "
                             "in the backend (reads `dqsearch compress` streams, but not bit-exactly)")
-        p.add_argument("--subpixel", choices=RegistryChoices("dqsearch.deploy.artifact", "SUBPIXEL"),
+        p.add_argument("--subpixel", metavar="MODE",
+                       choices=RegistryChoices("dqsearch.deploy.artifact", "SUBPIXEL"),
                        help="ConvTranspose as Conv + PixelShuffle: auto (default) keeps it where it "
-                            "times faster")
-        p.add_argument("--int8-weights", choices=RegistryChoices("dqsearch.deploy.artifact", "WEIGHT_MODES"),
+                            "times faster, on, off")
+        p.add_argument("--int8-weights", metavar="MODE",
+                       choices=RegistryChoices("dqsearch.deploy.artifact", "WEIGHT_MODES"),
                        help="exact (default): learned zero-points kept (per channel where needed); "
                             "symmetric: zero-point 0, clipping 8-bit outliers (a faster QLinearConv)")
         p.add_argument("--decide-input", type=height_width,
