@@ -10,9 +10,8 @@ every layer unquantized, in its original (ConvTranspose) form and in sub-pixel f
 is timed with h_s in ONNX Runtime (float, exact QDQ) and, for quantized variants, with the
 integer-only h_s that exports use by default (`decoder_integer_h_s`). The op-type
 breakdown of the decoders (ONNX Runtime's profiler) shows what bounds the speedup. Sizes: packed
-weights at their bit-widths vs the paper's FP32 size × b̄/32. `--backend tvm-cpu` is the hook for
-the TVM deployment (branch tvm): it is refused until that target is registered in
-dqsearch.deploy.targets.
+weights at their bit-widths vs the paper's FP32 size × b̄/32. `--backend NAME` must name a backend with a
+deployment part (dqsearch.deploy.targets); the timed graphs are ort-cpu's (dqsearch_ort.deployment).
 """
 
 from __future__ import annotations
@@ -27,18 +26,18 @@ import time
 import numpy as np
 import onnxruntime as ort
 import torch
+from dqsearch_ort.deployment import session, timer, transform_graph
 
 from dqsearch.atomic import write_json
 from dqsearch.backends import cpu_model
 from dqsearch.codec import PAD_MULTIPLE, _profile_for
 from dqsearch.data import load_image, pad_to_multiple
-from dqsearch.deploy.artifact import CODECS, transform_graph
+from dqsearch.deploy.artifact import CODECS
 from dqsearch.deploy.calibrate import calibration_images, output_ranges
-from dqsearch.deploy.int_hyper import IntegerHyperSynthesis
-from dqsearch.deploy.packing import write_packed
-from dqsearch.deploy.params import model_layers
-from dqsearch.deploy.runtime import session, timer
-from dqsearch.deploy.targets import check_backend
+from dqsearch.deploy.targets import deployment_for
+from dqsearch.integer.int_hyper import IntegerHyperSynthesis
+from dqsearch.integer.packing import write_packed
+from dqsearch.integer.params import model_layers
 from dqsearch.models import load_checkpoint
 from dqsearch.quant.wrap import average_bits, quantized_layers, set_profile, weight_bytes
 
@@ -99,7 +98,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("-o", "--output", required=True)
     args = ap.parse_args()
-    check_backend(args.backend)
+    deployment_for(args.backend)
     torch.set_num_threads(args.threads)
     x = pad_to_multiple(load_image(args.image).unsqueeze(0), PAD_MULTIPLE)[0]
     calib = calibration_images()

@@ -1,4 +1,6 @@
-"""Command-line interface: argument parsing only; each command calls one library function."""
+"""Command-line interface: a thin command table. Each entry of `COMMANDS` is a `Command` (name,
+flags, run) that parses flags and calls one library workflow; multi-word names ("study show",
+"latency validate") are levels of sub-commands."""
 
 from __future__ import annotations
 
@@ -15,37 +17,27 @@ from pathlib import Path
 # machine without it). A user's own value wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from . import __version__  # noqa: E402
+from . import __version__, cli_backends, cli_deploy, cli_study  # noqa: E402
+from .cli_common import (  # noqa: E402
+    MODEL_NAMES,
+    THREADS_HELP,
+    Command,
+    RegistryChoices,
+    UsageError,
+    add_input_arg,
+    backend_options,
+    input_size,
+    int_list,
+)
 from .threads import set_torch_threads  # noqa: E402  (imports torch lazily)
 
-
-class UsageError(ValueError):
-    """Bad command-line input; printed as one line, no traceback."""
-
-
-THREADS_HELP = ("CPU threads (default: every CPU this process may use; give 1 when other jobs share "
-                "the machine); also the backend's threads where one is measured (default 1 there)")
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one integer")
-    return values
-
-
-#: dqsearch.models.ARCHITECTURES' names, spelled out so that building the parser does not import
-#: CompressAI (2.5 s, most of `dqsearch backends`); a test keeps the two equal
-MODEL_NAMES = ("bmshj2018-factorized", "bmshj2018-hyperprior", "cheng2020-anchor", "cheng2020-attn",
-               "elic2022-official", "mbt2018", "mbt2018-mean")
+__all__ = ["COMMANDS", "MODEL_NAMES", "UsageError", "build_parser", "error_line", "main"]
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="bmshj2018-hyperprior", choices=MODEL_NAMES,
-                   help="CompressAI architecture for a model built from scratch")
+    p.add_argument("--model", choices=MODEL_NAMES,
+                   help="CompressAI architecture for a model built from scratch or taken from the zoo "
+                        "(default: bmshj2018-hyperprior, workflows.TrainRun's)")
     p.add_argument("--N", type=int, help="channel count N (architecture default otherwise)")
     p.add_argument("--M", type=int, help="latent channel count M (where the architecture has it)")
 
@@ -54,11 +46,13 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("quantization (QAT); without --bits or --candidates the model stays FP32")
     x = g.add_mutually_exclusive_group()
     x.add_argument("--bits", type=int, help="fixed bit-width for every layer (DPA, a 'Q-' model)")
-    x.add_argument("--candidates", type=_int_list,
+    x.add_argument("--candidates", type=int_list,
                    help="candidate bit-widths for the selector, e.g. 6,8,10 (DBWS, a 'DQ-' model)")
-    g.add_argument("--quantizer", default="dpa", choices=["dpa", "minmax", "pams"],
-                   help="dpa: learnable s,z (DynaQuant); minmax: static min/max + STE (FPQ); "
-                        "pams: learnable clipping")
+    g.add_argument("--quantizer", default="dpa", metavar="NAME",
+                   choices=RegistryChoices("dqsearch.quant.quantizer", "QUANTIZERS"),
+                   help="a registered quantizer (dqsearch.quant.quantizer.QUANTIZERS): dpa (default): "
+                        "learnable s,z (DynaQuant); minmax: static min/max + STE (FPQ); pams: "
+                        "learnable clipping")
     g.add_argument("--rounding", default="dgm", choices=["dgm", "ste"])
     g.add_argument("--beta", type=float, default=1.0, help="DGM sharpness β")
     g.add_argument("--no-learn-scale", action="store_true", help="freeze s (ablation)")
@@ -95,81 +89,33 @@ def policy_from_args(args: argparse.Namespace):
 
 
 # --- commands -----------------------------------------------------------------------------------
-def _latency_terms(args: argparse.Namespace, model) -> list:
-    """η·L_lat from --latency-table/--target-latency/--latency-weight, checked against the model."""
-    given = [args.latency_table, args.target_latency, args.latency_weight]
-    if not any(v is not None for v in given):
-        return []
-    if not all(v is not None for v in given):
-        raise UsageError("the latency term needs --latency-table, --target-latency and --latency-weight")
-    from .latency import LatencyTable
-    from .latency_term import LatencyTerm, check_table_matches, parse_latency
-    from .quant.wrap import dynamic_layers
-
-    if not dynamic_layers(model):
-        raise UsageError("the latency term needs selectors to steer: add --candidates (a DQ model)")
-    table = LatencyTable.load(args.latency_table)
-    check_table_matches(table, model)
-    return [LatencyTerm(table, parse_latency(args.target_latency), args.latency_weight, args.latency_form,
-                        per_image=args.latency_reduce == "image")]
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    from .data import CropSampler, default_train_dir, list_images
-    from .models import build_model, load_checkpoint, pretrained_model, resolve_checkpoint
-    from .quant.wrap import wrap
-    from .train import RunSpec, TrainConfig, train
+    from .workflows import LatencyGoal, TrainRun, train_run
 
     set_torch_threads(args.threads)
-    output = Path(args.output)
-    policy = policy_from_args(args)
-    train_state = None
-    overrides = {k: getattr(args, k) for k in (
+    given = [args.latency_table, args.target_latency, args.latency_weight]
+    if any(v is not None for v in given) and not all(v is not None for v in given):
+        raise UsageError("the latency term needs --latency-table, --target-latency and --latency-weight")
+    latency = None if args.latency_table is None else LatencyGoal(
+        args.latency_table, args.target_latency, args.latency_weight, args.latency_form,
+        per_image=args.latency_reduce == "image")
+    config = {k: getattr(args, k) for k in (
         "lmbda", "metric", "steps", "batch_size", "crop", "lr", "lr_end", "aux_lr", "quant_lr", "selector_lr",
         "gamma", "diversity", "bits_cost", "calibration_images", "checkpoint_every", "seed", "device",
         "compile")
         if getattr(args, k) is not None}
-    if args.resume and output.exists():
-        ck = load_checkpoint(output, with_train_state=True)
-        if not ck.train_state:
-            raise UsageError(f"{output} holds no training state to resume (it is a final export)")
-        config = TrainConfig.from_dict({**ck.train_state["config"], **(
-            {"steps": args.steps} if args.steps else {})})
-        model, train_state = ck.model, ck.train_state
-        spec = RunSpec(ck.architecture, ck.arch_args, ck.policy, ck.meta)
-        if train_state["step"] >= config.steps:
-            print(f"{output} already finished {train_state['step']} steps; raise --steps to continue")
-            return 0
-    else:
-        if output.exists() and not args.force:
-            raise UsageError(f"{output} exists: pass --resume to continue it or --force to overwrite")
-        config = TrainConfig(**overrides)
-        import torch
-
-        torch.manual_seed(config.seed)  # model initialisation is part of the reproducible run
-        meta = {"command": "dqsearch " + shlex.join(args.argv) if args.record_command else None}
-        if args.pretrained:
-            model = pretrained_model(args.model, args.quality)
-            spec = RunSpec(args.model, {}, None, meta)
-        elif args.checkpoint:
-            ck = load_checkpoint(resolve_checkpoint(args.checkpoint))
-            if ck.policy is not None and policy is not None:
-                raise UsageError(f"{args.checkpoint} is already quantized; start QAT from an FP32 one")
-            model = ck.model
-            spec = RunSpec(ck.architecture, ck.arch_args, ck.policy,
-                           {**meta, "init_from": str(args.checkpoint), "init_model_id": ck.model_id})
-        else:
-            arch_args = {k: v for k, v in (("N", args.N), ("M", args.M)) if v is not None}
-            model = build_model(args.model, **arch_args)
-            spec = RunSpec(args.model, arch_args, None, meta)
-        if policy is not None:
-            wrap(model, policy)
-            spec.policy = policy
-    data = Path(args.data) if args.data else default_train_dir()
-    sampler = CropSampler(list_images(data), config.crop)
-    terms = _latency_terms(args, model)
-    last = train(model, spec, sampler, config, output, train_state, terms, progress=not args.no_progress)
-    print(f"wrote {output}: step {last.get('step')}, bpp {last.get('bpp', 0):.3f}, "
+    run = TrainRun(
+        output=Path(args.output), data=Path(args.data) if args.data else None, resume=args.resume,
+        force=args.force, checkpoint=args.checkpoint, pretrained=args.pretrained, quality=args.quality,
+        **({"architecture": args.model} if args.model else {}),
+        arch_args={k: v for k, v in (("N", args.N), ("M", args.M)) if v is not None},
+        policy=policy_from_args(args), config=config, latency=latency,
+        command="dqsearch " + shlex.join(args.argv) if args.record_command else None,
+        progress=not args.no_progress)
+    last = train_run(run)
+    if last is None:
+        return 0
+    print(f"wrote {run.output}: step {last.get('step')}, bpp {last.get('bpp', 0):.3f}, "
           f"PSNR {last.get('psnr', 0):.2f} dB")
     return 0
 
@@ -181,6 +127,8 @@ def _load(spec: str | None):
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
+    if args.runtime:
+        return cli_deploy.cmd_compress_runtime(args)
     from .codec import compress_file
     from .quant.wrap import average_bits
 
@@ -201,6 +149,8 @@ def _memory(args: argparse.Namespace) -> int | None:
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
+    if args.runtime:
+        return cli_deploy.cmd_decompress_runtime(args)
     from .codec import BitstreamError, check_output, decompress_file, read_stream, unpack
     from .data import save_image
     from .models import find_embedded_by_id, load_checkpoint
@@ -277,16 +227,14 @@ def cmd_bd_rate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import Study, run_study
+    from .compare import Benchmark, run_benchmark
     from .report import markdown_table
 
     set_torch_threads(args.threads)
-    study = Study.load(args.study)
-    from .cli_backends import _backend_options
+    bench = Benchmark.load(args.study)
+    bench.backend_options = {**backend_options(args), **bench.backend_options}  # the file's own win
 
-    study.backend_options = {**_backend_options(args), **study.backend_options}  # the file's own win
-
-    names = [m.name for m in study.methods]
+    names = [m.name for m in bench.methods]
     for name in args.only or []:
         if name not in names:
             import difflib
@@ -295,45 +243,35 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise UsageError(f"--only {name!r}: {args.study} has no such method"
                              + (f" (did you mean {close[0]!r}?)" if close else f"; it has {names}"))
     if args.limit:
-        study.limit = args.limit
+        bench.limit = args.limit
     if args.remeasure and not args.report_only:
         raise UsageError("--remeasure goes with --report-only (a full run measures every row it runs)")
     if args.report_only:
         from .compare import report_from_saved
 
-        summary = report_from_saved(study, remeasure=args.remeasure)
+        summary = report_from_saved(bench, remeasure=args.remeasure)
     else:
-        summary = run_study(study, only=args.only, progress=not args.no_progress)
+        summary = run_benchmark(bench, only=args.only, progress=not args.no_progress)
     print(markdown_table(summary["rows"]))
     print(f"results, table and figures in {summary['output']}")
     return 0
 
 
 def cmd_fmpq(args: argparse.Namespace) -> int:
-    from .data import CropSampler, default_train_dir, list_images
-    from .fmpq import FMPQTarget, run_fmpq
-    from .latency_term import parse_latency
-    from .models import load_checkpoint, resolve_checkpoint
-    from .train import TrainConfig
+    from .workflows import FmpqRun, fmpq_run
 
     set_torch_threads(args.threads)
-    ck = load_checkpoint(resolve_checkpoint(args.checkpoint))
-    table = args.latency_table
-    if args.target_latency and not table and args.backend:
-        from .cli_backends import _backend_options, input_size
-        from .cli_study import find_or_profile_table
-
-        info = {"architecture": ck.architecture, "arch_args": ck.arch_args}
-        table = str(find_or_profile_table(args.backend, ck.model, info, input_size(args.input),
-                                          _backend_options(args), not args.no_progress))
-    latency = parse_latency(args.target_latency) if args.target_latency else None
-    target = FMPQTarget(args.target_size, latency, table)
-    sampler = CropSampler(list_images(args.data or default_train_dir()), args.crop)
-    config = TrainConfig(lmbda=ck.meta.get("lmbda") or 0.013, steps=args.steps,
-                         batch_size=args.batch_size, crop=args.crop, lr=args.lr, seed=args.seed,
-                         compile=bool(args.compile))
-    found = run_fmpq(ck, args.bits, target, sampler, config, args.output, args.calibration_batches,
-                     progress=not args.no_progress)
+    needs_table = bool(args.target_latency and not args.latency_table and args.backend)
+    recipe = {k: getattr(args, k) for k in ("bits", "steps", "batch_size", "crop", "lr",
+                                            "calibration_batches", "seed")}
+    run = FmpqRun(
+        checkpoint=args.checkpoint, output=args.output, target_size=args.target_size,
+        target_latency=args.target_latency, latency_table=args.latency_table, backend=args.backend,
+        backend_options=backend_options(args) if needs_table else {},
+        input_shape=input_size(args.input) if needs_table else None,
+        data=args.data, compile=bool(args.compile), progress=not args.no_progress,
+        **{k: v for k, v in recipe.items() if v is not None})  # else FmpqRun's recipe
+    found, target = fmpq_run(run)
     unit, goal = ("size ratio", target.size) if target.size is not None else ("ms", target.latency_ms)
     print(f"β = {found.beta:.4g} after {found.iterations} iterations: {unit} {found.score:.4f} "
           f"(target {goal:g}, {'met' if found.met else 'closest below the target'}); bits "
@@ -342,142 +280,202 @@ def cmd_fmpq(args: argparse.Namespace) -> int:
     return 0
 
 
+class Train(Command):
+    name = "train"
+    help = "train an FP32 model or fine-tune a quantized one (QAT)"
+    run = staticmethod(cmd_train)
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        _add_model_args(p)
+        p.add_argument("--checkpoint", help="initial weights: a checkpoint path or embedded:Q")
+        p.add_argument("--pretrained", action="store_true", help="start from CompressAI's zoo weights")
+        p.add_argument("--quality", type=int, default=3, help="zoo quality for --pretrained")
+        p.add_argument("--data", help="training image folder (default ../shared/data/train)")
+        p.add_argument("-o", "--output", required=True, help="checkpoint to write")
+        p.add_argument("--resume", action="store_true", help="continue the run stored in --output")
+        p.add_argument("--force", action="store_true", help="overwrite an existing --output")
+        p.add_argument("--lambda", dest="lmbda", type=float, help="rate-distortion trade-off λ")
+        p.add_argument("--metric", choices=["mse", "ms-ssim"])
+        p.add_argument("--steps", type=int)
+        p.add_argument("--batch-size", type=int)
+        p.add_argument("--crop", type=int, help="random crop size in pixels")
+        p.add_argument("--lr", type=float)
+        p.add_argument("--lr-end", type=float, help="cosine-decay the learning rate to this")
+        p.add_argument("--aux-lr", type=float)
+        p.add_argument("--quant-lr", type=float, help="learning rate of quantizer scales")
+        p.add_argument("--selector-lr", type=float, help="learning rate of the bit-width selectors (1e-3)")
+        p.add_argument("--gamma", type=float, help="weight γ of the average-bit-width loss")
+        p.add_argument("--diversity", type=float,
+                       help="δ: reward the mutual information between image and bit choice in a batch")
+        p.add_argument("--bits-cost", choices=["uniform", "distortion"],
+                       help="price of a bit per image: uniform γ (default) or γ·MSE_i/mean MSE (the "
+                            "log-MSE trade-off: clean images buy precision more cheaply)")
+        p.add_argument("--calibration-images", type=int,
+                       help="whole training photos that set the activation ranges (default 8; 0: "
+                            "random crop batches as before)")
+        p.add_argument("--latency-table", help="latency table of the target device (adds η·L_lat)")
+        p.add_argument("--target-latency", help="latency budget for L_lat, e.g. 20ms")
+        p.add_argument("--latency-weight", type=float, help="η, the weight of L_lat")
+        p.add_argument("--latency-reduce", choices=["image", "batch"], default="image",
+                       help="hinge per image, then averaged (default), or of the batch mean")
+        p.add_argument("--latency-form", choices=["hinge", "linear"], default="hinge",
+                       help="hinge: max(0, E[T]/T - 1); linear: E[T]/T")
+        p.add_argument("--checkpoint-every", type=int)
+        p.add_argument("--seed", type=int)
+        p.add_argument("--device", help="cpu or cuda")
+        p.add_argument("--threads", type=int, help=THREADS_HELP)
+        p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                       help="torch.compile the fake quantizer: ~3x faster QAT after a 20-45 s compile")
+        p.add_argument("--no-progress", action="store_true")
+        p.add_argument("--record-command", action=argparse.BooleanOptionalAction, default=True,
+                       help="store the command line in the checkpoint")
+        _add_quant_args(p)
+
+
+class Compress(Command):
+    name = "compress"
+    help = "encode an image into a dqsearch bitstream"
+    run = staticmethod(cmd_compress)
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("image")
+        p.add_argument("-o", "--output", required=True)
+        p.add_argument("--checkpoint", help="checkpoint path or embedded:Q (default: embedded model)")
+        p.add_argument("--memory-limit", help="refuse images needing more memory than this (default 4G, "
+                       "or $DQSEARCH_MEMORY_LIMIT)")
+        p.add_argument("--threads", type=int, help=THREADS_HELP)
+        cli_deploy.add_runtime_args(p, "encode")
+
+
+class Decompress(Command):
+    name = "decompress"
+    help = "decode a dqsearch bitstream to PNG"
+    run = staticmethod(cmd_decompress)
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("file")
+        p.add_argument("-o", "--output", required=True)
+        p.add_argument("--checkpoint", help="the checkpoint that encoded the file (bundled ones are found)")
+        p.add_argument("--memory-limit", help="refuse streams needing more memory than this (default 4G)")
+        p.add_argument("--threads", type=int, help=THREADS_HELP)
+        cli_deploy.add_runtime_args(p, "decode")
+
+
+class Eval(Command):
+    name = "eval"
+    help = "RD points from real bitstreams; results JSON (CompressAI format)"
+    run = staticmethod(cmd_eval)
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--checkpoint", nargs="+", help="checkpoints (one RD point each; default: the "
+                       "embedded family embedded:1..4)")
+        p.add_argument("--dataset", help="image folder (default: the bundled sample images)")
+        p.add_argument("--limit", type=int, help="only the first N images")
+        p.add_argument("--reference", help="checkpoint (e.g. the FP32 one) to report each image's PSNR "
+                                           "loss against: mean and worst case")
+        p.add_argument("-o", "--output", help="results JSON to write")
+        p.add_argument("--name", help="curve name in the JSON")
+        p.add_argument("--description")
+        p.add_argument("--threads", type=int, help=THREADS_HELP)
+        p.add_argument("--no-progress", action="store_true")
+
+
+class BdRate(Command):
+    name = "bd-rate"
+    help = "BD-rate and BD-PSNR of results JSONs against an anchor"
+    run = staticmethod(cmd_bd_rate)
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("anchor")
+        p.add_argument("tests", nargs="+")
+        p.add_argument("--metric", default="psnr-rgb", choices=["psnr-rgb", "ms-ssim-rgb"])
+        p.add_argument("--method", default="pchip", choices=["pchip", "akima"],
+                       help="interpolation (named explicitly: bjontegaard's defaults differ by version)")
+
+
+class Compare(Command):
+    name = "compare"
+    help = "run or collect every method of a benchmark (study) file; table + figures"
+    run = staticmethod(cmd_compare)
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("study", help="study TOML (see studies/)")
+        p.add_argument("--only", nargs="+", action="extend",
+                       help="(re)run only these methods (repeatable); others are collected")
+        p.add_argument("--report-only", action="store_true",
+                       help="rewrite the table and figures from the saved results; run nothing")
+        p.add_argument("--remeasure", action="store_true",
+                       help="with --report-only: measure every row's latency again, in this run, from the "
+                            "saved bit profiles (rows measured on another machine or day become comparable)")
+        p.add_argument("--limit", type=int, help="evaluate on the first N images only")
+        p.add_argument("--threads", type=int, help=THREADS_HELP)
+        p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                       help="option of the backends in [latency] measure (the file's [latency] options win)")
+        p.add_argument("--no-progress", action="store_true")
+
+
+class Fmpq(Command):
+    name = "fmpq"
+    help = "FMPQ baseline: sensitivity-based bits under a size or latency target"
+    run = staticmethod(cmd_fmpq)
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--checkpoint", help="FP32 checkpoint (default: the embedded model)")
+        p.add_argument("--bits", type=int_list,
+                       help="candidate bit-widths (default: fmpq.DEFAULT_BITS, 4,6,8,10,16)")
+        t = p.add_mutually_exclusive_group(required=True)
+        t.add_argument("--target-size", type=float, help="packed conv weights / FP32, e.g. 0.25")
+        t.add_argument("--target-latency", help="latency budget, e.g. 20ms (needs a table)")
+        p.add_argument("--backend", help="backend whose table gives the latency")
+        p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                       help="backend option (as for `dqsearch profile`), for finding or profiling its table")
+        p.add_argument("--latency-table")
+        add_input_arg(p, "input size for a table profiled now")
+        p.add_argument("--data", help="training/calibration images (default ../shared/data/train)")
+        p.add_argument("-o", "--output", required=True, help="QAT checkpoint to write")
+        # the recipe: None means workflows.FmpqRun's default
+        p.add_argument("--steps", type=int, help="QAT steps with the leaky clip (default 300)")
+        p.add_argument("--batch-size", type=int)
+        p.add_argument("--crop", type=int)
+        p.add_argument("--lr", type=float)
+        p.add_argument("--calibration-batches", type=int, help="batches for ζ")
+        p.add_argument("--seed", type=int)
+        p.add_argument("--compile", action="store_true")
+        p.add_argument("--threads", type=int, help=THREADS_HELP)
+        p.add_argument("--no-progress", action="store_true")
+
+
+#: The command table, in the order `dqsearch -h` lists them.
+COMMANDS: dict[str, type[Command]] = {c.name: c for c in (
+    Train, Compress, Decompress, Eval, BdRate, Compare, Fmpq, *cli_backends.COMMANDS, *cli_study.COMMANDS,
+    *cli_deploy.COMMANDS)}
+GROUPS = {**cli_backends.GROUPS}  # help of a command group that is not itself a command
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """One parser per command of `COMMANDS`; a name's words nest as sub-commands."""
     parser = argparse.ArgumentParser(prog="dqsearch", description=__doc__)
     parser.add_argument("--version", action="version", version=f"dqsearch {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parsers: dict[tuple[str, ...], argparse.ArgumentParser] = {(): parser}
+    subs: dict[tuple[str, ...], argparse._SubParsersAction] = {}
 
-    p = sub.add_parser("train", help="train an FP32 model or fine-tune a quantized one (QAT)")
-    _add_model_args(p)
-    p.add_argument("--checkpoint", help="initial weights: a checkpoint path or embedded:Q")
-    p.add_argument("--pretrained", action="store_true", help="start from CompressAI's zoo weights")
-    p.add_argument("--quality", type=int, default=3, help="zoo quality for --pretrained")
-    p.add_argument("--data", help="training image folder (default ../shared/data/train)")
-    p.add_argument("-o", "--output", required=True, help="checkpoint to write")
-    p.add_argument("--resume", action="store_true", help="continue the run stored in --output")
-    p.add_argument("--force", action="store_true", help="overwrite an existing --output")
-    p.add_argument("--lambda", dest="lmbda", type=float, help="rate-distortion trade-off λ")
-    p.add_argument("--metric", choices=["mse", "ms-ssim"])
-    p.add_argument("--steps", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--crop", type=int, help="random crop size in pixels")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--lr-end", type=float, help="cosine-decay the learning rate to this")
-    p.add_argument("--aux-lr", type=float)
-    p.add_argument("--quant-lr", type=float, help="learning rate of quantizer scales")
-    p.add_argument("--selector-lr", type=float, help="learning rate of the bit-width selectors (1e-3)")
-    p.add_argument("--gamma", type=float, help="weight γ of the average-bit-width loss")
-    p.add_argument("--diversity", type=float,
-                   help="δ: reward the mutual information between image and bit choice in a batch")
-    p.add_argument("--bits-cost", choices=["uniform", "distortion"],
-                   help="price of a bit per image: uniform γ (default) or γ·MSE_i/mean MSE (the "
-                        "log-MSE trade-off: clean images buy precision more cheaply)")
-    p.add_argument("--calibration-images", type=int,
-                   help="whole training photos that set the activation ranges (default 8; 0: "
-                        "random crop batches as before)")
-    p.add_argument("--latency-table", help="latency table of the target device (adds η·L_lat)")
-    p.add_argument("--target-latency", help="latency budget for L_lat, e.g. 20ms")
-    p.add_argument("--latency-weight", type=float, help="η, the weight of L_lat")
-    p.add_argument("--latency-reduce", choices=["image", "batch"], default="image",
-                   help="hinge per image, then averaged (default), or of the batch mean")
-    p.add_argument("--latency-form", choices=["hinge", "linear"], default="hinge",
-                   help="hinge: max(0, E[T]/T - 1); linear: E[T]/T")
-    p.add_argument("--checkpoint-every", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="cpu or cuda")
-    p.add_argument("--threads", type=int, help=THREADS_HELP)
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the fake quantizer: ~3x faster QAT after a 20-45 s compile")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--record-command", action=argparse.BooleanOptionalAction, default=True,
-                   help="store the command line in the checkpoint")
-    _add_quant_args(p)
-    p.set_defaults(func=cmd_train)
+    def node(words: tuple[str, ...], help: str | None) -> argparse.ArgumentParser:  # noqa: A002
+        if words not in parsers:
+            parent = node(words[:-1], GROUPS.get(" ".join(words[:-1])))
+            if words[:-1] not in subs:
+                is_command = " ".join(words[:-1]) in COMMANDS
+                subs[words[:-1]] = parent.add_subparsers(
+                    dest="command" if not words[:-1] else argparse.SUPPRESS, metavar="COMMAND",
+                    required=not is_command, title="commands" if not words[:-1] else "sub-commands")
+            parsers[words] = subs[words[:-1]].add_parser(words[-1], help=help)
+            parsers[words].set_defaults(command=" ".join(words))
+        return parsers[words]
 
-    p = sub.add_parser("compress", help="encode an image into a dqsearch bitstream")
-    p.add_argument("image")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--checkpoint", help="checkpoint path or embedded:Q (default: embedded model)")
-    p.add_argument("--memory-limit", help="refuse images needing more memory than this (default 4G, "
-                   "or $DQSEARCH_MEMORY_LIMIT)")
-    p.add_argument("--threads", type=int, help=THREADS_HELP)
-    p.set_defaults(func=cmd_compress)
-
-    p = sub.add_parser("decompress", help="decode a dqsearch bitstream to PNG")
-    p.add_argument("file")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--checkpoint", help="the checkpoint that encoded the file (bundled ones are found)")
-    p.add_argument("--memory-limit", help="refuse streams needing more memory than this (default 4G)")
-    p.add_argument("--threads", type=int, help=THREADS_HELP)
-    p.set_defaults(func=cmd_decompress)
-
-    p = sub.add_parser("eval", help="RD points from real bitstreams; results JSON (CompressAI format)")
-    p.add_argument("--checkpoint", nargs="+", help="checkpoints (one RD point each; default: the "
-                   "embedded family embedded:1..4)")
-    p.add_argument("--dataset", help="image folder (default: the bundled sample images)")
-    p.add_argument("--limit", type=int, help="only the first N images")
-    p.add_argument("--reference", help="checkpoint (e.g. the FP32 one) to report each image's PSNR "
-                                       "loss against: mean and worst case")
-    p.add_argument("-o", "--output", help="results JSON to write")
-    p.add_argument("--name", help="curve name in the JSON")
-    p.add_argument("--description")
-    p.add_argument("--threads", type=int, help=THREADS_HELP)
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_eval)
-
-    p = sub.add_parser("bd-rate", help="BD-rate and BD-PSNR of results JSONs against an anchor")
-    p.add_argument("anchor")
-    p.add_argument("tests", nargs="+")
-    p.add_argument("--metric", default="psnr-rgb", choices=["psnr-rgb", "ms-ssim-rgb"])
-    p.add_argument("--method", default="pchip", choices=["pchip", "akima"],
-                   help="interpolation (named explicitly: bjontegaard's defaults differ by version)")
-    p.set_defaults(func=cmd_bd_rate)
-
-    p = sub.add_parser("compare", help="run or collect every method of a study file; table + figures")
-    p.add_argument("study", help="study TOML (see studies/)")
-    p.add_argument("--only", nargs="+", action="extend",
-                   help="(re)run only these methods (repeatable); others are collected")
-    p.add_argument("--report-only", action="store_true",
-                   help="rewrite the table and figures from the saved results; run nothing")
-    p.add_argument("--remeasure", action="store_true",
-                   help="with --report-only: measure every row's latency again, in this run, from the "
-                        "saved bit profiles (rows measured on another machine or day become comparable)")
-    p.add_argument("--limit", type=int, help="evaluate on the first N images only")
-    p.add_argument("--threads", type=int, help=THREADS_HELP)
-    p.add_argument("--option", action="append", metavar="KEY=VALUE",
-                   help="option of the backends in [latency] measure (the file's [latency] options win)")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_compare)
-
-    p = sub.add_parser("fmpq", help="FMPQ baseline: sensitivity-based bits under a size or latency target")
-    p.add_argument("--checkpoint", help="FP32 checkpoint (default: the embedded model)")
-    p.add_argument("--bits", type=_int_list, default=(4, 6, 8, 10, 16), help="candidate bit-widths")
-    t = p.add_mutually_exclusive_group(required=True)
-    t.add_argument("--target-size", type=float, help="packed conv weights / FP32, e.g. 0.25")
-    t.add_argument("--target-latency", help="latency budget, e.g. 20ms (needs a table)")
-    p.add_argument("--backend", help="backend whose table gives the latency")
-    p.add_argument("--option", action="append", metavar="KEY=VALUE",
-                   help="backend option (as for `dqsearch profile`), for finding or profiling its table")
-    p.add_argument("--latency-table")
-    p.add_argument("--input", default="768x512", help="input size (HxW) for a table profiled now")
-    p.add_argument("--data", help="training/calibration images (default ../shared/data/train)")
-    p.add_argument("-o", "--output", required=True, help="QAT checkpoint to write")
-    p.add_argument("--steps", type=int, default=300, help="QAT steps with the leaky clip")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--crop", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--calibration-batches", type=int, default=4, help="batches for ζ")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--compile", action="store_true")
-    p.add_argument("--threads", type=int, help=THREADS_HELP)
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_fmpq)
-
-    from . import cli_backends, cli_deploy, cli_study
-
-    cli_backends.register(sub)
-    cli_study.register(sub)
-    cli_deploy.register(sub)
+    for name, cls in COMMANDS.items():
+        cmd = cls()
+        p = node(tuple(name.split()), cmd.help)
+        cmd.add_arguments(p)
+        p.set_defaults(func=cmd.run, command=name)
     return parser
 
 
@@ -522,8 +520,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit deprecation inside CompressAI
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["study"] and argv[1:2] in (["show"], ["export"]):
-        argv = [f"study-{argv[1]}", *argv[2:]]  # `dqsearch study show NAME`
     args = parser.parse_args(argv)
     args.argv = argv
     try:

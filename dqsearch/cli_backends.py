@@ -1,7 +1,5 @@
-"""`dqsearch profile`, `dqsearch backends` and `dqsearch latency validate`: parsing only.
-
-Hooked into the main parser by `cli_backends.register(sub)` in `cli.build_parser()`.
-"""
+"""The commands `dqsearch profile`, `dqsearch backends` and `dqsearch latency validate` (parsing
+only; the work is in dqsearch.backends)."""
 
 from __future__ import annotations
 
@@ -11,67 +9,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cli import UsageError, _int_list
+from .cli_common import (
+    MODEL_NAMES,
+    Command,
+    UsageError,
+    add_backend_args,
+    add_input_arg,
+    input_size,
+    int_list,
+    open_backend_from_args,
+)
 
 DEFAULT_BITS = (4, 6, 8, 10, 16, 32)
 #: the bundled family's architecture (embedded:1..4), what `dqsearch study` searches by default
 EMBEDDED_ARCH = ("bmshj2018-hyperprior", {"N": 64, "M": 96})
-
-
-def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
-    """--threads, --option and the dedicated flags as one dict of backend options (see
-    `dqsearch.backends.options`): the same for every command that builds a backend."""
-    from .backends.options import backend_options, parse_options
-
-    if getattr(args, "tune_trials", None) is not None and args.tune_trials < 0:
-        raise UsageError(f"--tune-trials must be 0 or more, got {args.tune_trials}")
-    try:
-        return backend_options(args.threads, parse_options(args.option), spec=getattr(args, "spec", None),
-                               **{f: getattr(args, f, None) for f in ("tune_trials", "rpc_tracker",
-                                                                       "rpc_key", "rpc")})
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-
-
-def open_backend_from_args(args: argparse.Namespace, name: str | None = None):
-    """The backend of `--backend` (or `name`) with the command line's options."""
-    from .backends import load_backend
-
-    return load_backend(name or args.backend, **_backend_options(args))
-
-
-def input_size(text: str) -> tuple[int, int, int, int]:
-    """An --input HxW the codec actually runs: it pads images to a multiple of 64, so a latency
-    for 250x256 would describe a size that never runs."""
-    from .backends import parse_input_shape
-
-    shape = parse_input_shape(text)
-    if shape[2] % 64 or shape[3] % 64:
-        raise UsageError(f"--input {text}: height and width must be divisible by 64 (the codec pads "
-                         f"images to a multiple of 64; a {shape[2]}x{shape[3]} image runs as "
-                         f"{-(-shape[2] // 64) * 64}x{-(-shape[3] // 64) * 64})")
-    return shape
-
-
-def add_backend_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    """--backend, --threads, --option and the TVM shortcuts: the same flags on every command that
-    builds a backend."""
-    p.add_argument("--backend", required=required, help="backend name (see `dqsearch backends`)")
-    p.add_argument("--threads", type=int,
-                   help="CPU threads for torch (default: every CPU this process may use) and for the "
-                        "backend (default 1, reproducible on shared machines; --option threads=N sets "
-                        "the backend's alone)")
-    p.add_argument("--spec", help="device file for `--backend sim` (TOML; or a shipped name)")
-    p.add_argument("--option", action="append", metavar="KEY=VALUE",
-                   help="backend-specific option, e.g. repeats=30 (repeatable); VALUE becomes an int if it "
-                        "parses as one, else a float, else stays a string")
-    # Shortcuts for the options of the TVM backends (same as --option tune_trials=N, ...).
-    p.add_argument("--tune-trials", type=int, metavar="N",
-                   help="tuning trials per kernel workload, for backends that tune (tvm-cpu, tvm-arm)")
-    p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="TVM RPC tracker of the board (tvm-arm)")
-    p.add_argument("--rpc-key", metavar="KEY", help="key the board registered with at the tracker (tvm-arm)")
-    p.add_argument("--rpc", metavar="HOST:PORT",
-                   help="a standalone TVM RPC server instead of a tracker (tvm-arm)")
 
 
 def _load_model(args: argparse.Namespace):
@@ -125,6 +76,7 @@ def cmd_backends(args: argparse.Namespace) -> int:
         print(json.dumps([{"name": i.name, "distribution": i.distribution, "entry_point": i.target,
                            "loaded": i.ok, "needs_options": i.needs_options, "error": i.error,
                            "capabilities": i.backend.capabilities() if i.ok else None,
+                           "deploys": i.ok and i.backend.deployment() is not None,
                            "metadata": i.backend.metadata() if i.ok else None} for i in infos], indent=1))
         return 0
     if not infos:
@@ -141,6 +93,8 @@ def cmd_backends(args: argparse.Namespace) -> int:
             print(f"{i.name:<15} ok       [{i.distribution}] bits → container  {text}")
             if desc:
                 print(f"{'':<15}          {desc}")
+            if i.backend.deployment() is not None:
+                print(f"{'':<15}          deploys: dqsearch export --backend {i.name}")
         elif i.needs_options:
             print(f"{i.name:<15} options  [{i.distribution}] {i.error}")
         else:
@@ -183,43 +137,60 @@ def cmd_latency_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add `profile`, `backends` and `latency validate` to dqsearch's sub-command parser."""
-    from .cli import MODEL_NAMES
+class Profile(Command):
+    name = "profile"
+    help = "measure a latency table: every layer at every bit-width"
+    run = staticmethod(cmd_profile)
 
-    p = sub.add_parser("profile", help="measure a latency table: every layer at every bit-width")
-    add_backend_args(p)
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--model", choices=MODEL_NAMES,
-                     help="architecture built from scratch (latency does not depend on weights); default: "
-                          "the bundled family's, bmshj2018-hyperprior N=64 M=96, which `dqsearch study` "
-                          "uses (a --model without --N/--M gets CompressAI's default widths)")
-    src.add_argument("--checkpoint", help="a checkpoint path or embedded:Q instead of --model")
-    p.add_argument("--N", type=int, help="channel count N")
-    p.add_argument("--M", type=int, help="latent channel count M")
-    p.add_argument("--input", default="768x512", help="input size HxW, multiples of 64 (default 768x512)")
-    p.add_argument("--bits", type=_int_list, help="bit-widths to measure, 32 = FP32 "
-                   f"(default: {','.join(map(str, DEFAULT_BITS))} where supported)")
-    p.add_argument("-o", "--output",
-                   help="table to write (default latency_models/<backend>/<model>-<HxW>.json)")
-    p.add_argument("--resume", action="store_true", help="complete an existing table, skipping what it holds")
-    p.add_argument("--force", action="store_true", help="overwrite an existing table")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_profile)
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        add_backend_args(p)
+        src = p.add_mutually_exclusive_group()
+        src.add_argument("--model", choices=MODEL_NAMES,
+                         help="architecture built from scratch (latency does not depend on weights); "
+                              "default: the bundled family's, bmshj2018-hyperprior N=64 M=96, which "
+                              "`dqsearch study` uses (a --model without --N/--M gets CompressAI's default "
+                              "widths)")
+        src.add_argument("--checkpoint", help="a checkpoint path or embedded:Q instead of --model")
+        p.add_argument("--N", type=int, help="channel count N")
+        p.add_argument("--M", type=int, help="latent channel count M")
+        add_input_arg(p, "input size, multiples of 64")
+        p.add_argument("--bits", type=int_list, help="bit-widths to measure, 32 = FP32 "
+                       f"(default: {','.join(map(str, DEFAULT_BITS))} where supported)")
+        p.add_argument("-o", "--output",
+                       help="table to write (default latency_models/<backend>/<model>-<HxW>.json)")
+        p.add_argument("--resume", action="store_true",
+                       help="complete an existing table, skipping what it holds")
+        p.add_argument("--force", action="store_true", help="overwrite an existing table")
+        p.add_argument("--no-progress", action="store_true")
 
-    p = sub.add_parser("backends", help="list installed backends, their bit-widths and load failures")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_backends)
 
-    p = sub.add_parser("latency", help="latency tables: validate predictions against measurements")
-    lsub = p.add_subparsers(dest="latency_command", required=True)
-    v = lsub.add_parser("validate", help="measure random bit profiles end to end and compare with the table")
-    v.add_argument("table", help="latency table (JSON) from `dqsearch profile`")
-    add_backend_args(v, required=False)
-    v.add_argument("--samples", type=int, default=100, help="random bit profiles to measure (default 100)")
-    v.add_argument("--tolerance", type=float, default=0.10, help="relative error counted as a hit (0.10)")
-    v.add_argument("--seed", type=int, default=0)
-    v.add_argument("--any-backend", action="store_true", help="allow a backend other than the table's")
-    v.add_argument("-o", "--output", help="write every sample and the summary as JSON")
-    v.add_argument("--no-progress", action="store_true")
-    v.set_defaults(func=cmd_latency_validate)
+class Backends(Command):
+    name = "backends"
+    help = "list installed backends, their bit-widths, whether they deploy, and load failures"
+    run = staticmethod(cmd_backends)
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+class LatencyValidate(Command):
+    name = "latency validate"
+    help = "measure random bit profiles end to end and compare with the table"
+    run = staticmethod(cmd_latency_validate)
+
+    def add_arguments(self, v: argparse.ArgumentParser) -> None:
+        v.add_argument("table", help="latency table (JSON) from `dqsearch profile`")
+        add_backend_args(v, required=False)
+        v.add_argument("--samples", type=int, default=100,
+                       help="random bit profiles to measure (default 100)")
+        v.add_argument("--tolerance", type=float, default=0.10,
+                       help="relative error counted as a hit (0.10)")
+        v.add_argument("--seed", type=int, default=0)
+        v.add_argument("--any-backend", action="store_true", help="allow a backend other than the table's")
+        v.add_argument("-o", "--output", help="write every sample and the summary as JSON")
+        v.add_argument("--no-progress", action="store_true")
+
+
+COMMANDS = (Profile, Backends, LatencyValidate)
+#: help of a command group that is not itself a command
+GROUPS = {"latency": "latency tables: validate predictions against measurements"}

@@ -1,36 +1,12 @@
-"""`dqsearch export` and the `--runtime DIR` option of `compress` / `decompress` (argument parsing
-only; the work is in dqsearch.deploy)."""
+"""`dqsearch export`, and what `compress` / `decompress --runtime DIR` run (argument parsing only;
+the work is in dqsearch.deploy and the deployment part of the export's backend)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-
-def _bits(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated bit-widths, got {text!r}") from None
-
-
-def _hw(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 512x768, got {text!r}") from None
-    return h, w
-
-
-def _require_ort() -> None:
-    """One-line error (not a traceback) when the deployment's libraries are missing."""
-    try:
-        import dqsearch_ort  # noqa: F401
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError as e:
-        raise RuntimeError(f"deployment to ort-cpu needs onnx, onnxruntime and the dqsearch-ort plugin "
-                           f"({e}): pip install -e backends/onnxruntime") from None
+from .cli_common import Command, RegistryChoices, height_width, int_list
 
 
 def _kib(n: float | None) -> str:
@@ -38,13 +14,13 @@ def _kib(n: float | None) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    _require_ort()
     from .data import list_images, load_image
     from .deploy.artifact import Options, export_model
     from .models import resolve_checkpoint
 
-    opts = Options(arithmetic=args.arithmetic, hyper=args.hyper, subpixel=args.subpixel,
-                   int8_weights=args.int8_weights, decide_input=args.decide_input, threads=args.threads)
+    given = {k: getattr(args, k) for k in ("arithmetic", "hyper", "subpixel", "int8_weights",
+                                           "decide_input", "threads")}
+    opts = Options(**{k: v for k, v in given.items() if v is not None})  # else Options' defaults
     images = [load_image(p).unsqueeze(0) for p in list_images(args.images)] if args.images else None
     if images:
         from .codec import PAD_MULTIPLE
@@ -71,14 +47,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_runtime(original, runtime_cmd):
-    def run(args: argparse.Namespace) -> int:
-        return runtime_cmd(args) if getattr(args, "runtime", None) else original(args)
-    return run
-
-
 def cmd_compress_runtime(args: argparse.Namespace) -> int:
-    _require_ort()
     from .deploy.files import compress_file
 
     enc, info = compress_file(args.runtime, args.image, args.output, args.threads or 1)
@@ -102,7 +71,6 @@ def _print_timing(args: argparse.Namespace, info: dict, title: str) -> None:
 
 
 def cmd_decompress_runtime(args: argparse.Namespace) -> int:
-    _require_ort()
     from .codec import check_output
     from .deploy.files import decompress_file
 
@@ -116,41 +84,51 @@ def cmd_decompress_runtime(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add `export`, and `--runtime DIR` to the existing `compress` and `decompress` commands."""
-    p = sub.add_parser("export", help="export a checkpoint to integer execution on a backend")
-    p.add_argument("--checkpoint", help="QAT checkpoint path or embedded:Q (default: the embedded model)")
-    p.add_argument("--backend", default="ort-cpu", help="deployment target (implemented: ort-cpu)")
-    p.add_argument("-o", "--output", required=True, help="export folder")
-    p.add_argument("--arithmetic", default="int8", choices=["int8", "exact"],
-                   help="g_a/g_s: int8 = QLinearConv (fast, per-tensor activations), exact = the "
-                        "learned per-channel QDQ with float convs (slow, bit-faithful)")
-    p.add_argument("--hyper", default="integer", choices=["integer", "float"],
-                   help="entropy parameters: integer-only h_s (bit-exact across machines and with "
-                        "dqsearch.deploy.torch_codec; streams are tagged), or the float h_s in ONNX "
-                        "Runtime (reads `dqsearch compress` streams, but not bit-exactly)")
-    p.add_argument("--subpixel", default="auto", choices=["auto", "on", "off"],
-                   help="ConvTranspose as Conv + PixelShuffle: auto keeps it where it times faster")
-    p.add_argument("--int8-weights", default="exact", choices=["exact", "symmetric"],
-                   help="exact: learned zero-points kept (per channel where needed); symmetric: "
-                        "zero-point 0, clipping 8-bit outliers (a faster QLinearConv)")
-    p.add_argument("--decide-input", type=_hw, default=(512, 768), help="HxW the auto decision is timed at")
-    p.add_argument("--profile", type=_bits, action="append",
-                   help="also build this profile (comma-separated bits in layer order; repeatable)")
-    p.add_argument("--images", help="build the profiles the selectors pick for these images")
-    p.add_argument("--calibration", help="images for the int8 output ranges (default: bundled samples)")
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads for timing decisions")
-    p.add_argument("--force", action="store_true", help="replace an existing export")
-    p.set_defaults(func=cmd_export)
+def add_runtime_args(parser: argparse.ArgumentParser, what: str) -> None:
+    """`--runtime DIR` and `--timing` of `compress` (what="encode") and `decompress` ("decode")."""
+    parser.add_argument("--runtime", metavar="DIR",
+                        help=f"{what} through the artifacts of `dqsearch export -o DIR`")
+    parser.add_argument("--timing", action="store_true",
+                        help="with --runtime: print a per-stage table (transforms, entropy coding, "
+                             "I/O; wall and thread CPU time)")
 
-    for name, cmd, what in (("compress", cmd_compress_runtime, "encode"),
-                            ("decompress", cmd_decompress_runtime, "decode")):
-        parser = sub.choices.get(name)
-        if parser is None:
-            continue
-        parser.add_argument("--runtime", metavar="DIR",
-                            help=f"{what} through the artifacts of `dqsearch export -o DIR`")
-        parser.add_argument("--timing", action="store_true",
-                            help="with --runtime: print a per-stage table (transforms, entropy coding, "
-                                 "I/O; wall and thread CPU time)")
-        parser.set_defaults(func=_with_runtime(parser.get_default("func"), cmd))
+
+class Export(Command):
+    name = "export"
+    help = "export a checkpoint to integer execution on a backend"
+    run = staticmethod(cmd_export)
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--checkpoint", help="QAT checkpoint path or embedded:Q (default: the embedded model)")
+        p.add_argument("--backend", default="ort-cpu",
+                       help="a backend with a deployment part (`dqsearch backends` says which deploy)")
+        p.add_argument("-o", "--output", required=True, help="export folder")
+        # the export options: None means the default of deploy.artifact.Options (defined there)
+        p.add_argument("--arithmetic", metavar="MODE",
+                       choices=RegistryChoices("dqsearch.deploy.artifact", "ARITHMETICS"),
+                       help="g_a/g_s: int8 (default) = QLinearConv (fast, per-tensor activations), "
+                            "exact = the learned per-channel QDQ with float convs (slow, bit-faithful)")
+        p.add_argument("--hyper", metavar="MODE",
+                       choices=RegistryChoices("dqsearch.deploy.artifact", "HYPER"),
+                       help="entropy parameters: integer-only h_s (default; bit-exact across machines "
+                            "and with dqsearch.deploy.torch_codec; streams are tagged), or the float h_s "
+                            "in the backend (reads `dqsearch compress` streams, but not bit-exactly)")
+        p.add_argument("--subpixel", metavar="MODE",
+                       choices=RegistryChoices("dqsearch.deploy.artifact", "SUBPIXEL"),
+                       help="ConvTranspose as Conv + PixelShuffle: auto (default) keeps it where it "
+                            "times faster, on, off")
+        p.add_argument("--int8-weights", metavar="MODE",
+                       choices=RegistryChoices("dqsearch.deploy.artifact", "WEIGHT_MODES"),
+                       help="exact (default): learned zero-points kept (per channel where needed); "
+                            "symmetric: zero-point 0, clipping 8-bit outliers (a faster QLinearConv)")
+        p.add_argument("--decide-input", type=height_width,
+                       help="HxW the auto decision is timed at (default 512x768)")
+        p.add_argument("--profile", type=int_list, action="append",
+                       help="also build this profile (comma-separated bits in layer order; repeatable)")
+        p.add_argument("--images", help="build the profiles the selectors pick for these images")
+        p.add_argument("--calibration", help="images for the int8 output ranges (default: bundled samples)")
+        p.add_argument("--threads", type=int, help="intra-op threads for timing decisions (default 1)")
+        p.add_argument("--force", action="store_true", help="replace an existing export")
+
+
+COMMANDS = (Export,)

@@ -7,7 +7,7 @@ Layout (big-endian), version 2:
     payload
 The arithmetic byte says how the scale-table indexes were computed, so that a decoder that cannot
 reproduce them bit for bit refuses the file instead of desynchronising the rANS stream (garbage):
-`integer` (`dqsearch.deploy.int_hyper`: identical on every engine and machine; the default wherever
+`integer` (`dqsearch.integer.int_hyper`: identical on every engine and machine; the default wherever
 the model allows it) or the float h_s of one engine (`float:torch`, `float:ort-cpu`), which only
 that engine decodes. Version 1 (no byte; an optional payload tag "h") is still read: its untagged
 streams are `float:v1`, which PyTorch decodes as before and other engines refuse.
@@ -28,7 +28,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -296,7 +296,7 @@ def _profile_for(model: nn.Module, x: Tensor) -> dict[str, int]:
 
 def _arithmetic(model: nn.Module, profile: dict[str, int], hyper: str) -> str:
     """The entropy-parameter arithmetic to encode with: `auto` is integer wherever the model allows."""
-    from .deploy.int_entropy import integer_unsupported
+    from .integer.int_entropy import integer_unsupported
 
     if hyper not in ("auto", "integer", "float:torch"):
         raise ValueError(f"hyper must be auto, integer or float:torch, got {hyper!r}")
@@ -343,7 +343,7 @@ def encode(model: nn.Module, model_id: str, image: Tensor, name: str = "image",
 
 def _compress_integer(model: nn.Module, profile: dict[str, int], x: Tensor) -> tuple[list, Any]:
     """ScaleHyperprior.compress with the scale-table indexes from the integer h_s."""
-    from .deploy.int_entropy import integer_indexes
+    from .integer.int_entropy import integer_indexes
 
     y = model.g_a(x)
     z = model.h_a(torch.abs(y))
@@ -355,7 +355,7 @@ def _compress_integer(model: nn.Module, profile: dict[str, int], x: Tensor) -> t
 
 def _latents_integer(model: nn.Module, profile: dict[str, int], strings: list, shape: Any) -> Tensor:
     """y_hat of an integer stream (strings already checked and padded)."""
-    from .deploy.int_entropy import integer_indexes
+    from .integer.int_entropy import integer_indexes
 
     z_hat = model.entropy_bottleneck.decompress(strings[1], shape)
     indexes = integer_indexes(model, profile, z_hat)
@@ -391,7 +391,7 @@ def latents(model: nn.Module, model_id: str, data: bytes, name: str = "file",
         except ValueError as e:
             raise BitstreamError(f"file's precision profile does not fit the model: {e}") from None
     if header.hyper == "integer":
-        from .deploy.int_entropy import integer_unsupported
+        from .integer.int_entropy import integer_unsupported
 
         why = integer_unsupported(model, profile)
         if why:
@@ -429,6 +429,36 @@ def decode(model: nn.Module, model_id: str, data: bytes, name: str = "file",
     _, pad = pad_to_multiple(torch.empty(1, 1, header.height, header.width), PAD_MULTIPLE)
     # garbage strings can decode to huge latents and NaN pixels: NaN becomes 0, not undefined bytes
     return crop_padding(x_hat, pad).nan_to_num(0.0, 1.0, 0.0).clamp(0, 1), header
+
+
+# --- engines --------------------------------------------------------------------------------------
+class Codec(Protocol):
+    """One codec interface, several engines: `TorchCodec` (this module, PyTorch) and
+    `dqsearch.deploy.runtime.RuntimeCodec` (an export run by a backend's deployment part). Every
+    engine reads and writes the same bitstream; tests/test_codec_engines.py round-trips them all."""
+
+    engine: str
+    model_id: str
+
+    def encode(self, image: Tensor) -> Encoded: ...
+
+    def decode(self, data: bytes) -> tuple[Tensor, Header]: ...
+
+
+@dataclass
+class TorchCodec:
+    """The PyTorch engine: `encode`/`decode` of this module with one model."""
+
+    model: nn.Module
+    model_id: str
+    hyper: str = "auto"
+    engine: str = "torch"
+
+    def encode(self, image: Tensor) -> Encoded:
+        return encode(self.model, self.model_id, image, hyper=self.hyper)
+
+    def decode(self, data: bytes) -> tuple[Tensor, Header]:
+        return decode(self.model, self.model_id, data)
 
 
 def compress_file(model: nn.Module, model_id: str, image_path: str | Path, output: str | Path,

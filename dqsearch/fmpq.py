@@ -28,6 +28,7 @@ from .quant.wrap import FP32, LayerPolicy, QuantPolicy, calibrate, quantized_lay
 from .train import rate_distortion
 
 LEAKY_SLOPE = 0.01
+DEFAULT_BITS = (4, 6, 8, 10, 16)  # the candidate bit-widths when a run names none
 
 
 def cache_dir() -> Path:

@@ -27,8 +27,8 @@ import torch
 from torch import Tensor
 
 from .atomic import write_json
-from .backends.base import LayerSpec, Measurement, parse_input_shape
 from .schemas import LatencyTableSchema, SchemaError, read_text, validate
+from .units import LayerSpec, Measurement, parse_input_shape
 
 FORMAT = "dqsearch-latency-table"
 VERSION = 1

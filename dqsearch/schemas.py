@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -270,21 +271,24 @@ def _safe_name(v: str) -> str:
 
 
 SafeName = Annotated[str, AfterValidator(_safe_name)]
-_study_schema: type[BaseModel] | None = None
+_study_schemas: dict[tuple, type[BaseModel]] = {}
 
 
-def study_file_schema() -> type[BaseModel]:
-    """The schema of a `dqsearch compare` study file (built once, from TrainConfig and QuantPolicy
-    so that a new training or quantization option is accepted without editing this file)."""
-    global _study_schema
-    if _study_schema is not None:
-        return _study_schema
-    from .quant.wrap import QuantPolicy
-    from .train import TrainConfig
-
+def benchmark_file_schema(train_config: type, quant_policy: type, kinds: Sequence[str],
+                          default_input: str, kind_fields: tuple[tuple[str, Any], ...] = ()
+                          ) -> type[BaseModel]:
+    """The schema of a `dqsearch compare` benchmark file, built once per argument set from the
+    TrainConfig and QuantPolicy dataclasses (passed in, so this module imports no training code)
+    so that a new training or quantization option is accepted without editing this file; `kinds`
+    are the method kinds `compare` knows, `default_input` the latency input size, `kind_fields`
+    (name, type) pairs of method fields that kinds add (optional, default None)."""
+    key = (train_config, quant_policy, tuple(kinds), default_input, tuple(kind_fields))
+    if key in _study_schemas:
+        return _study_schemas[key]
+    TrainConfig, QuantPolicy = train_config, quant_policy  # noqa: N806
     train = from_dataclass(TrainConfig, "TrainSection", data=(str | None, None))
     latency = create_model("LatencySection", __base__=Strict, tables=(list[str], []),
-                           measure=(list[str], []), input=(str, "768x512"),
+                           measure=(list[str], []), input=(str, default_input),
                            options=(dict[str, str | int | float | bool], {}))
     Range = Annotated[list[Finite], Field(min_length=2, max_length=2)]  # noqa: N806
     method_fields: dict[str, Any] = {}
@@ -294,7 +298,7 @@ def study_file_schema() -> type[BaseModel]:
                               if f.name not in skip})
     method_fields.update(
         name=(Annotated[str, Field(min_length=1, max_length=200)], ...),
-        kind=(Literal["fp32", "ptq", "qat", "fmpq", "study-front"], "qat"),
+        kind=(Literal[tuple(kinds)], "qat"),
         bits=(Bits | None, None), candidates=(Annotated[list[Bits], Field(min_length=1)] | None, None),
         target_size=(Positive | None, None), target_latency=(str | None, None),
         latency_table=(str | None, None), study=(SafeName | None, None), storage=(str | None, None),
@@ -305,12 +309,14 @@ def study_file_schema() -> type[BaseModel]:
         sampler=(Literal["tpe", "random"] | None, None),
         startup_trials=(Annotated[int, Field(ge=1, le=10_000)] | None, None), measure=(bool | None, None),
         backend_options=(dict[str, str | int | float | bool] | None, None))
+    method_fields.update({k: (t | None, None) for k, t in kind_fields if k not in method_fields})
     method = create_model("Method", __base__=Strict, **method_fields)
-    _study_schema = create_model(
+    schema = create_model(
         "StudyFile", __base__=Strict, name=(SafeName, ...), description=(str, ""),
         dataset=(str | None, None), family=(list[str], ...), anchor=(str | None, None),
         output=(str | None, None), cache=(str | None, None),
         limit=(Annotated[int, Field(ge=1)] | None, None), bd_method=(Literal["pchip", "akima"], "pchip"),
         train=(train, None), latency=(latency, None), methods=(list[method], ...))
-    return _study_schema
+    _study_schemas[key] = schema
+    return schema
 

@@ -39,6 +39,7 @@ from .quant.wrap import QuantPolicy, wrap
 from .sampler import SAMPLERS, make_sampler
 from .storage_url import check_sqlite_folder, redact, scrub
 from .train import RunSpec, TrainConfig, train
+from .units import DEFAULT_LMBDA
 
 CONFIG_ATTR = "dqsearch_config"
 STORAGE_RETRIES = 8
@@ -472,7 +473,7 @@ def summary(study: optuna.Study, config: StudyConfig) -> dict[str, Any]:
     rows = [{"trial": t.number, **t.params, **{k: t.user_attrs.get(k) for k in keys},
              "feasible": feasible(t), "front": t.number in front} for t in trials]
     params = [tuple(sorted(t.params.items())) for t in trials]
-    lmbda = config.lmbda or statistics.median(r.get("lmbda") or 0.013 for r in rows)
+    lmbda = config.lmbda or statistics.median(r.get("lmbda") or DEFAULT_LMBDA for r in rows)
     return {"study": study.study_name, "target_ms": config.target_ms, "sampler": config.sampler,
             "startup_trials": config.startup_trials, "trials": rows,
             "repeated_parameters": len(params) - len(set(params)),

@@ -31,6 +31,7 @@ from .quant.wrap import (
     model_bits_per_image,
     set_temperature,
 )
+from .units import DEFAULT_LMBDA
 
 METRICS = ("mse", "ms-ssim")
 BITS_COSTS = ("uniform", "distortion")
@@ -40,7 +41,7 @@ BITS_COSTS = ("uniform", "distortion")
 class TrainConfig:
     """Everything that defines a training run (stored in the checkpoint for `--resume`)."""
 
-    lmbda: float = 0.013
+    lmbda: float = DEFAULT_LMBDA
     metric: str = "mse"
     steps: int = 2000
     batch_size: int = 8

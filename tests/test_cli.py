@@ -104,3 +104,31 @@ def _with_func(parser, command, func):
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     sub.choices[command].set_defaults(func=func)
     return parser
+
+
+def test_command_table_nests_multi_word_commands():
+    """Every command is one entry of the table; "study show" parses as a sub-command of "study"
+    (no argv rewriting) and errors name the whole command."""
+    from dqsearch import cli
+    from dqsearch.cli_common import Command
+
+    assert all(issubclass(c, Command) and c.name == n for n, c in cli.COMMANDS.items())
+    parser = cli.build_parser()
+    args = parser.parse_args(["study", "show", "s1", "-o", "x"])
+    assert args.command == "study show" and args.study_name == "s1"
+    assert args.func == cli.COMMANDS["study show"].run
+    args = parser.parse_args(["study", "--target-latency", "20ms"])
+    assert args.command == "study" and args.func == cli.COMMANDS["study"].run
+    args = parser.parse_args(["latency", "validate", "t.json"])
+    assert args.command == "latency validate"
+
+
+def test_one_integer_list_parser():
+    import argparse
+
+    from dqsearch.cli_common import bit_sets, int_list
+
+    assert int_list("6, 8,10") == (6, 8, 10)
+    assert bit_sets("8,4,6;6,8,10") == [[4, 6, 8], [6, 8, 10]]
+    with pytest.raises(argparse.ArgumentTypeError, match="sets like"):
+        bit_sets("4,x")

@@ -184,6 +184,7 @@ assert main(["compress", png, "-o", png + ".dqs", "--checkpoint", ck]) == 0
 assert main(["decompress", png + ".dqs", "-o", png + ".out.png", "--checkpoint", ck]) == 0
 assert not [k for k in sys.modules if k.startswith("onnx")]
 assert main(["decompress", png + ".dqs", "-o", png + ".2.png", "--runtime", png]) == 2
+assert main(["export", "--checkpoint", ck, "-o", png + ".export"]) == 2
 """
 
 
@@ -200,4 +201,5 @@ def test_integer_default_needs_no_onnx(tiny_quant_checkpoint, sample_paths, tmp_
     r = subprocess.run([sys.executable, "-c", _WITHOUT_ORT, str(tiny_quant_checkpoint), str(png)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "needs onnx, onnxruntime" in r.stderr and "pip install" in r.stderr
+    assert "holds no deployment" in r.stderr  # --runtime with no export folder
+    assert "cannot deploy to ort-cpu" in r.stderr and "pip install" in r.stderr  # plugin missing

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from dqsearch.cli import main
-from dqsearch.compare import Study, StudyError, run_study
+from dqsearch.compare import Benchmark, BenchmarkError, run_benchmark
 from dqsearch.data import sample_images_dir
 
 TINY = ["--model", "bmshj2018-hyperprior", "--N", "16", "--M", "24", "--batch-size", "2",
@@ -59,8 +59,8 @@ def study_file(tmp_path_factory):
 
 
 def test_study_runs_every_method_and_writes_report(study_file):
-    study = Study.load(study_file)
-    summary = run_study(study, progress=False)
+    study = Benchmark.load(study_file)
+    summary = run_benchmark(study, progress=False)
     rows = {r["method"]: r for r in summary["rows"]}
     assert set(rows) == {"FP32", "PTQ-8", "Q (DPA-8)", "DQ {4,8}"}
     assert rows["FP32"]["bd_rate_pct"] == 0 and rows["FP32"]["avg_bits"] == 32
@@ -77,10 +77,10 @@ def test_study_runs_every_method_and_writes_report(study_file):
 
 
 def test_rerun_reuses_checkpoints_and_results(study_file):
-    study = Study.load(study_file)
+    study = Benchmark.load(study_file)
     ck = study.output / "checkpoints" / "q-dpa-8" / "a.pt"
     before = ck.stat().st_mtime_ns
-    run_study(study, progress=False)
+    run_benchmark(study, progress=False)
     assert ck.stat().st_mtime_ns == before
 
 
@@ -89,7 +89,7 @@ def test_remeasure_gives_every_saved_row_a_latency_from_this_run(study_file):
     stored profiles: the quantized rows come out faster than FP32 on a bit-serial accelerator."""
     timed = study_file.with_name("timed.toml")
     timed.write_text(STUDY + '\n[latency]\nmeasure = ["sim-bitfusion"]\ninput = "64x64"\n')
-    study = Study.load(timed)
+    study = Benchmark.load(timed)
     assert main(["compare", str(timed), "--remeasure"]) == 2  # only with --report-only
     assert main(["compare", str(timed), "--report-only", "--remeasure"]) == 0
     rows = {r["method"]: r for r in json.loads((study.output / "summary.json").read_text())["rows"]}
@@ -102,7 +102,7 @@ def test_remeasure_gives_every_saved_row_a_latency_from_this_run(study_file):
 
 
 def test_report_only_rewrites_the_table_without_running(study_file, capsys):
-    study = Study.load(study_file)
+    study = Benchmark.load(study_file)
     (study.output / "summary.md").unlink()
     mtimes = {p: p.stat().st_mtime_ns for p in study.output.rglob("*.pt")}
     assert main(["compare", str(study_file), "--report-only"]) == 0
@@ -125,5 +125,5 @@ def test_report_only_rewrites_the_table_without_running(study_file, capsys):
 def test_bad_study_files(tmp_path, text, msg):
     p = tmp_path / "s.toml"
     p.write_text(text)
-    with pytest.raises(StudyError, match=msg):
-        Study.load(p)
+    with pytest.raises(BenchmarkError, match=msg):
+        Benchmark.load(p)

@@ -139,7 +139,7 @@ def test_no_backend_means_this_machines_cpu(tmp_path, capsys, monkeypatch):
     pytest.importorskip("dqsearch_ort")
     from pathlib import Path
 
-    import dqsearch.cli_study as cli_study
+    import dqsearch.workflows as workflows
 
     committed = Path(__file__).parents[1] / "latency_models/ort-cpu/bmshj2018-hyperprior-M96-N64-768x512.json"
     seen = {}
@@ -148,7 +148,7 @@ def test_no_backend_means_this_machines_cpu(tmp_path, capsys, monkeypatch):
         seen["backend"] = backend_name
         return committed
 
-    monkeypatch.setattr(cli_study, "find_or_profile_table", lookup)
+    monkeypatch.setattr(workflows, "find_or_profile_table", lookup)
     assert main(["study", "--target-latency", "20ms", "-o", str(tmp_path / "o"), "--no-progress"]) == 2
     captured = capsys.readouterr()
     assert "ort-cpu" in captured.out.splitlines()[0]

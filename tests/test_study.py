@@ -143,7 +143,7 @@ def test_passwords_never_shown():
 
 def test_compare_runs_a_study_front_with_latency_columns(family, table_path, tmp_path):
     """One command: compare creates the latency study, runs its trials, evaluates its front."""
-    from dqsearch.compare import Study, run_study
+    from dqsearch.compare import Benchmark, run_benchmark
 
     target = LatencyTable.load(table_path).predict({n: 8 for n in LatencyTable.load(table_path).layer_names})
     for f in (*family, table_path):  # a study file reads only inside its folder (or placeholders)
@@ -179,7 +179,7 @@ steps = 2
 val_limit = 1
 bit_sets = [[4, 8]]
 ''')
-    rows = {r["method"]: r for r in run_study(Study.load(toml), progress=False)["rows"]}
+    rows = {r["method"]: r for r in run_benchmark(Benchmark.load(toml), progress=False)["rows"]}
     fp, dq = rows["FP32"], rows["DQ front"]
     assert fp["predicted_ms:sim-bitfusion"] > dq["predicted_ms:sim-bitfusion"]
     assert dq["predicted_ms:sim-bitfusion"] <= target
@@ -196,7 +196,7 @@ bit_sets = [[4, 8]]
     second.write_text(toml.read_text().replace('name = "cmp"', 'name = "cmp2"')
                       .replace('output = "out"', 'output = "out2"\ncache = "out"')
                       .replace('study = "front"', 'study = "front2"'))
-    run_study(Study.load(second), progress=False)
+    run_benchmark(Benchmark.load(second), progress=False)
     exported = sorted(p.name for p in (tmp_path / "out" / "checkpoints" / "dq-front").glob("*.pt"))
     assert any(n.startswith("front-trial-") for n in exported)
     assert any(n.startswith("front2-trial-") for n in exported)

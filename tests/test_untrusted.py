@@ -239,26 +239,26 @@ BASE = 'name = "s"\nfamily = ["embedded:1"]\n{extra}\n[[methods]]\nname = "FP32"
     ("", '[[methods]]\nname = "Q"\ncandidates = [1, 8]\n', "bit-width must be"),
 ])
 def test_study_file_refusals(tmp_path, extra, more, message):
-    from dqsearch.compare import Study, StudyError
+    from dqsearch.compare import Benchmark, BenchmarkError
 
     text = BASE.format(extra=extra, more=more)
     if extra.startswith("name"):
         text = text.replace('name = "s"\n', "", 1)
     path = tmp_path / "s.toml"
     path.write_text(text)
-    with pytest.raises(StudyError, match=message) as e:
-        Study.load(path)
+    with pytest.raises(BenchmarkError, match=message) as e:
+        Benchmark.load(path)
     assert str(path) in str(e.value)
     assert not (tmp_path.parent / "x").exists()
 
 
 def test_study_name_with_a_path_is_refused(tmp_path):
-    from dqsearch.compare import Study, StudyError
+    from dqsearch.compare import Benchmark, BenchmarkError
 
     path = tmp_path / "s.toml"
     path.write_text(BASE.format(extra="", more="").replace('name = "s"', 'name = "../../x"'))
-    with pytest.raises(StudyError, match="plain name"):
-        Study.load(path)
+    with pytest.raises(BenchmarkError, match="plain name"):
+        Benchmark.load(path)
 
 
 # --- storage URLs -------------------------------------------------------------------------------------
@@ -352,11 +352,11 @@ def test_long_messages_are_capped():
 
 
 def test_study_file_paths_inside_its_folder_are_accepted(tmp_path):
-    from dqsearch.compare import Study
+    from dqsearch.compare import Benchmark
 
     path = tmp_path / "s.toml"
     path.write_text(BASE.format(extra='output = "out/a"\ndataset = "{samples}"', more=""))
-    s = Study.load(path)
+    s = Benchmark.load(path)
     assert s.output == (tmp_path / "out" / "a").resolve() and s.dataset == sample_images_dir().resolve()
 
 

@@ -1,9 +1,11 @@
-"""Backend plugins: the contract (`base`), the entry-point registry, table profiling, validation."""
+"""Backend plugins: the contract (`base`: Backend and its optional Deployment part), tracing, the
+entry-point registry, table profiling, validation and the conformance suite (`testing`)."""
 
 from .base import (
     FP32,
     Backend,
     ContextProfile,
+    Deployment,
     LayerSpec,
     Measurement,
     ModelTrace,
@@ -32,6 +34,7 @@ __all__ = [
     "BackendError",
     "BackendInfo",
     "ContextProfile",
+    "Deployment",
     "LayerSpec",
     "Measurement",
     "ModelTrace",

@@ -35,7 +35,7 @@ import pytest
 import torch
 from torch import nn
 
-from .base import CONV, DECONV, FP32, Backend, ContextProfile, LayerSpec, Measurement, ModelTrace
+from .base import CONV, DECONV, FP32, Backend, ContextProfile, Deployment, LayerSpec, Measurement, ModelTrace
 
 #: a tiny real CompressAI model (ScaleHyperprior N=8, M=8) and an input it runs at
 TINY_MODEL = ("bmshj2018-hyperprior", {"N": 8, "M": 8})
@@ -173,6 +173,57 @@ def check_additivity(backend: Backend, model: nn.Module, table, tolerance: float
                      for label, p, m, e in rows)
     assert all(abs(e) <= tolerance for *_, e in rows), (
         f"the table does not add up to profile_model within ±{tolerance:.0%}: {text}")
+
+
+def tiny_quantized_checkpoint(path: Path, bits: int = 8) -> Path:
+    """The tiny model (`TINY_MODEL`) wrapped at `bits`, calibrated on two random images (seeded),
+    saved to `path`: a quantized checkpoint every engine can run in seconds."""
+    from ..models import build_model, save_checkpoint
+    from ..quant.wrap import QuantPolicy, calibrate, wrap
+
+    policy = QuantPolicy.fixed(bits)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = wrap(build_model(TINY_MODEL[0], **TINY_MODEL[1]), policy)
+        calib = [torch.rand(1, 3, 64, 64) for _ in range(2)]
+        with torch.no_grad():
+            calibrate(model, calib)
+    model.update(force=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, model, TINY_MODEL[0], TINY_MODEL[1], policy)
+    return path
+
+
+def check_deployment(backend: Backend, folder: Path, image: torch.Tensor | None = None) -> float | None:
+    """The deployment part, where a backend has one: a tiny calibrated 8-bit checkpoint exported
+    through it, an image compressed with the PyTorch codec (integer entropy parameters, which
+    every engine reads) and decoded by the deployed decoder, whose image must be within the
+    deployment's `min_psnr_db` of PyTorch's decode. Returns that PSNR (None: no deployment)."""
+    from ..codec import decode, encode
+    from ..deploy.artifact import Options, export_model
+    from ..deploy.runtime import Runtime
+    from ..evaluate import psnr
+    from ..models import load_checkpoint
+
+    deployment = backend.deployment()
+    if deployment is None:
+        return None
+    assert isinstance(deployment, Deployment), f"deployment() returned {type(deployment).__name__}"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        image = torch.rand(1, 3, 64, 64) if image is None else image
+    path = tiny_quantized_checkpoint(folder / "tiny-8bit.pt")
+    ck = load_checkpoint(path)
+    export_model(path, folder / "export", backend.name, Options(subpixel="off", decide_input=(64, 64)),
+                 force=True)
+    enc = encode(ck.model.eval(), ck.model_id, image)
+    ref, _ = decode(ck.model, ck.model_id, enc.data)
+    got, header, _ = Runtime(folder / "export").decode(enc.data)
+    assert header.hyper == "integer" and got.shape == ref.shape, (header.hyper, got.shape, ref.shape)
+    db = float(psnr(ref, got))
+    assert db >= deployment.min_psnr_db, (f"{backend.name}'s deployed decoder is {db:.1f} dB from the "
+                                          f"PyTorch codec's image; it states {deployment.min_psnr_db}")
+    return db
 
 
 class CountingBackend(Backend):
@@ -339,6 +390,10 @@ class BackendConformance:
             pytest.skip("an analytical (metadata simulated=True) or remote device: its times have no "
                         "relation to this host's")
         check_units(backend, model, self.magnitude)
+
+    def test_deployment_reproduces_the_torch_codec(self, backend: Backend, tmp_path: Path) -> None:
+        """Backends with a deployment part: the deployed decoder within its stated tolerance."""
+        check_deployment(backend, tmp_path)
 
     def test_table_adds_up_to_the_model(self, backend: Backend, model: nn.Module, tiny_table: Any) -> None:
         check_additivity(backend, model, tiny_table, self.additivity_tolerance)

@@ -1,12 +1,17 @@
 """Export folders: a manifest, the entropy tables, the source checkpoint, calibration crops, and one
 sub-folder of artifacts per precision profile (built on demand, cached on disk by profile).
 
-    DIR/manifest.json           model id, architecture, layers and candidates, options, versions
+    DIR/manifest.json           model id, architecture, layers and candidates, options, versions,
+                                and the backend whose deployment part builds and runs the transforms
     DIR/entropy.pt              entropy-model tables (CDFs, offsets, medians, scale table)
     DIR/source.pt               the checkpoint (learned parameters for every candidate bit-width)
     DIR/calibration.pt          uint8 crops for the int8 output requantization ranges
-    DIR/profiles/<key>/         g_a.onnx h_a.onnx h_s.onnx g_s.onnx (+ h_s_int.npz),
-                                weights.bin/.json (packed at bit-width), profile.json (sizes, decisions)
+    DIR/profiles/<key>/         the backend's executable transforms (ort-cpu: g_a.onnx h_a.onnx
+                                h_s.onnx g_s.onnx), h_s_int.npz (integer h_s), weights.bin/.json
+                                (packed at bit-width), profile.json (sizes, decisions)
+
+Everything here is backend-neutral; the transforms are built and run by the deployment part of
+the backend named in the manifest (`Backend.deployment()`, found through the plugin registry).
 """
 
 from __future__ import annotations
@@ -22,22 +27,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnx
 import torch
 
 from .. import __version__
 from ..atomic import write_json
-from ..backends.base import container_of
+from ..backends.base import Deployment
+from ..codec import _profile_for
+from ..integer.int_hyper import IntegerHyperSynthesis
+from ..integer.packing import write_packed
+from ..integer.params import model_layers
 from ..models import LoadedCheckpoint, atomic_torch_save, load_checkpoint
 from ..quant.wrap import FP32, dynamic_layers, quantized_layers, weight_bytes
-from . import decide, entropy
+from ..units import container_of
+from . import entropy
 from .calibrate import calibration_images, output_ranges
-from .int_hyper import IntegerHyperSynthesis
-from .modules import transform_module
-from .onnx_graph import OPSET, WEIGHT_MODES, export, quantize_graph, shuffles_in_uint8
-from .params import LayerQuant, model_layers
-from .subpixel import plan
+from .targets import deployment_for
 
 FORMAT = "dqsearch-deploy"
 VERSION = 1
@@ -49,6 +53,8 @@ CODECS = {  # architecture → how its hyperprior is wired
 }
 SUBPIXEL = ("auto", "on", "off")
 HYPER = ("float", "integer")
+ARITHMETICS = ("int8", "exact")
+WEIGHT_MODES = ("exact", "symmetric")
 
 
 def profile_key(bits: tuple[int, ...]) -> str:
@@ -68,7 +74,7 @@ class Options:
     threads: int = 1
 
     def __post_init__(self) -> None:
-        if self.arithmetic not in ("int8", "exact"):
+        if self.arithmetic not in ARITHMETICS:
             raise ValueError(f"arithmetic must be int8 or exact, got {self.arithmetic!r}")
         if self.hyper not in HYPER:
             raise ValueError(f"hyper must be one of {HYPER}, got {self.hyper!r}")
@@ -93,8 +99,9 @@ class ProfileArtifact:
     def key(self) -> str:
         return self.info["key"]
 
-    def onnx_path(self, transform: str) -> Path:
-        path = self.folder / f"{transform}.onnx"
+    def path(self, name: str) -> Path:
+        """A file of this profile (e.g. ort-cpu's `g_a.onnx`); missing: a one-line error."""
+        path = self.folder / name
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: re-export this profile (delete its folder)")
         return path
@@ -105,18 +112,6 @@ class ProfileArtifact:
         return self._hyper
 
 
-def _in_channels(lq: LayerQuant) -> int:
-    return lq.weight.shape[0] if lq.transposed else lq.weight.shape[1]
-
-
-def _decide_feeds(transform: str, layers: dict[str, LayerQuant], hw: tuple[int, int]) -> dict:
-    first = next(lq for n, lq in layers.items() if n.startswith(transform + "."))
-    factor = {"g_a": 1, "h_a": 16, "h_s": 64, "g_s": 16}[transform]
-    shape = (1, _in_channels(first), max(1, hw[0] // factor), max(1, hw[1] // factor))
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    return {"x": x if transform == "g_a" else np.round(3 * x)}
-
-
 class Store:
     """An export folder."""
 
@@ -125,6 +120,14 @@ class Store:
         self.options = Options(**{**manifest["options"],
                                   "decide_input": tuple(manifest["options"]["decide_input"])})
         self._source: LoadedCheckpoint | None = None
+        self._deployment: Deployment | None = None
+
+    @property
+    def deployment(self) -> Deployment:
+        """The deployment part of the backend this folder was exported for."""
+        if self._deployment is None:
+            self._deployment = deployment_for(self.manifest["backend"])
+        return self._deployment
 
     @classmethod
     def open(cls, folder: str | Path) -> Store:
@@ -161,8 +164,6 @@ class Store:
         """The precision profile for a padded image: fixed, or the selectors' choice."""
         if self.manifest["default_bits"] is not None:
             return tuple(self.manifest["default_bits"])
-        from ..codec import _profile_for
-
         model = self.source().model
         with torch.no_grad():
             profile = _profile_for(model, x)
@@ -184,39 +185,6 @@ class Store:
         return ProfileArtifact(folder, json.loads((folder / "profile.json").read_text())), True
 
 
-def transform_graph(model: torch.nn.Module, transform: str, layers: dict[str, LayerQuant],
-                    arithmetic: str, ranges: dict | None, subpixel: bool, abs_input: bool = False,
-                    int8_weights: str = "exact") -> onnx.ModelProto:
-    """One transform as a deployable ONNX graph (float twin → export → learned QDQ)."""
-    channels = _in_channels(next(lq for n, lq in layers.items() if n.startswith(transform + ".")))
-    mod, convs = transform_module(model, transform, layers, use_subpixel=subpixel, abs_input=abs_input)
-    graph = quantize_graph(export(mod, channels), convs, arithmetic, ranges, int8_weights)
-    return shuffles_in_uint8(graph) if subpixel else graph
-
-
-def _graphs(store: Store, model: torch.nn.Module, layers: dict[str, LayerQuant],
-            ranges: dict | None, transform: str) -> tuple[onnx.ModelProto, dict]:
-    """The transform's ONNX graph, with the sub-pixel rewrite where it is kept."""
-    opts, codec = store.options, store.manifest["codec"]
-    abs_input = transform == "h_a" and codec["abs_h_a"]
-    arith = opts.arithmetic_of(transform)
-
-    def build(sub: bool) -> onnx.ModelProto:
-        return transform_graph(model, transform, layers, arith, ranges, sub, abs_input, opts.int8_weights)
-
-    rewritable = any(n.startswith(transform + ".") and plan(lq) is not None for n, lq in layers.items())
-    if not rewritable or opts.subpixel == "off":
-        return build(False), {"subpixel": False, "reason": "no deconvolution" if not rewritable else "off"}
-    if opts.subpixel == "on":
-        return build(True), {"subpixel": True, "reason": "on"}
-    variants = {"deconv": build(False), "subpixel": build(True)}
-    times = decide.time_variants(variants, _decide_feeds(transform, layers, opts.decide_input), opts.threads)
-    keep = decide.choose(times, "deconv", "subpixel")
-    return variants["subpixel" if keep else "deconv"], {
-        "subpixel": keep, "reason": f"timed at {opts.decide_input[0]}x{opts.decide_input[1]}",
-        "times_ms": times}
-
-
 def build_profile(store: Store, bits: tuple[int, ...]) -> Path:
     """Write one profile's artifacts (atomically: a temporary folder renamed into place)."""
     t0 = time.perf_counter()
@@ -232,18 +200,12 @@ def build_profile(store: Store, bits: tuple[int, ...]) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=final.name + ".", dir=final.parent))
     try:
-        decisions, sizes = {}, {}
-        for t in TRANSFORMS:
-            graph, decisions[t] = _graphs(store, model, layers, ranges, t)
-            onnx.save(graph, str(tmp / f"{t}.onnx"))
-            sizes[f"{t}.onnx"] = (tmp / f"{t}.onnx").stat().st_size
+        decisions, sizes = store.deployment.build(store, model, layers, ranges, tmp)
         if opts.hyper == "integer":
             hs = [lq for n, lq in layers.items() if n.startswith("h_s.")]
             scale_table = model.gaussian_conditional.scale_table.tolist()
             IntegerHyperSynthesis.build(hs, scale_table).save(tmp / "h_s_int.npz")
             sizes["h_s_int.npz"] = (tmp / "h_s_int.npz").stat().st_size
-        from .packing import write_packed
-
         packed = write_packed(layers, tmp)
         total_fp32 = sum(p.numel() for p in model.parameters()) * 4.0
         wb = weight_bytes(model, profile) if quantized_layers(model) else {
@@ -291,9 +253,7 @@ def export_model(checkpoint: str | Path, folder: str | Path, backend: str = "ort
                  force: bool = False) -> Store:
     """Export a checkpoint: manifest, tables, source, and the artifacts of the given profiles (by
     default: the fixed model's profile, or the profiles the selectors pick for `images`)."""
-    from .targets import check_backend
-
-    check_backend(backend)
+    deployment = deployment_for(backend)
     options = options or Options()
     folder = Path(folder)
     if (folder / "manifest.json").exists() and not force:
@@ -319,20 +279,18 @@ def export_model(checkpoint: str | Path, folder: str | Path, backend: str = "ort
     layers = _layer_entries(model)
     fixed = not dynamic_layers(model)
     default_bits = [e["bits"][0] for e in layers] if fixed else None
-    import onnxruntime as ort
-
     manifest = {
         "format": FORMAT, "version": VERSION, "backend": backend,
         "model_id": ck.model_id, "architecture": ck.architecture, "arch_args": ck.arch_args,
         "codec": CODECS[ck.architecture], "layers": layers, "default_bits": default_bits,
         "options": {**options.__dict__, "decide_input": list(options.decide_input)},
         "gdn": "float, parametrisation folded to constants (no learned quantizer to run it in int8)",
-        "versions": {"dqsearch": __version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
-                     "opset": OPSET, "torch": torch.__version__},
+        "versions": {"dqsearch": __version__, **deployment.versions(), "torch": torch.__version__},
         "machine": {"cpu": platform.processor() or platform.machine(), "exported": time.strftime("%Y-%m-%d")},
     }
     write_json(folder / "manifest.json", manifest)
     store = Store.open(folder)
+    store._deployment = deployment
     todo = list(profiles or [])
     if not todo and fixed:
         todo.append(tuple(default_bits))

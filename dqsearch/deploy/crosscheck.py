@@ -17,6 +17,8 @@ from torch import nn
 
 from ..codec import BitstreamError, encode, latents
 from ..data import list_images, load_image, pad_to_multiple, sample_images_dir
+from ..models import load_checkpoint, resolve_checkpoint, save_checkpoint
+from ..quant.wrap import QuantPolicy, calibrate, wrap
 
 if TYPE_CHECKING:  # onnxruntime is needed only by whoever passes a Runtime
     from .runtime import Runtime
@@ -75,9 +77,6 @@ def ptq_checkpoint(path: Path, quality: int = 3, bits: int = 8,
                    candidates: tuple[int, ...] | None = None) -> Path:
     """The embedded model at `quality`, wrapped at `bits` (or dynamic over `candidates`) and
     calibrated (PTQ), saved to `path`."""
-    from ..models import load_checkpoint, resolve_checkpoint, save_checkpoint
-    from ..quant.wrap import QuantPolicy, calibrate, wrap
-
     ck = load_checkpoint(resolve_checkpoint(f"embedded:{quality}"))
     policy = QuantPolicy.dynamic(candidates) if candidates else QuantPolicy.fixed(bits)
     model = wrap(ck.model.eval(), policy)

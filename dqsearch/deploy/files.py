@@ -10,7 +10,7 @@ import torch
 
 from ..atomic import write_bytes
 from ..codec import BitstreamError, Encoded, Header, check_output, read_stream
-from ..data import load_image
+from ..data import load_image, save_image
 from .runtime import Runtime
 from .stages import Stages
 
@@ -46,8 +46,6 @@ def decompress_with(runtime: Runtime | Callable[[], Runtime], path: str | Path,
     except BitstreamError as e:
         raise BitstreamError(f"{path}: {e}") from None
     if output is not None:
-        from ..data import save_image
-
         with io("write"):  # fast zlib level: the default level cost more than g_s (85 vs 68 ms)
             save_image(x_hat, output, png_level=1)
     info["stages"].merge(io)

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from compressai.layers import GDN
 from torch import Tensor, nn
 
-from . import subpixel
-from .params import LayerQuant
+from ..integer import subpixel
+from ..integer.params import LayerQuant
 
 
 class FoldedGDN(nn.Module):

@@ -1,4 +1,5 @@
-"""The codec through exported artifacts: transforms in ONNX Runtime, entropy coding in CompressAI.
+"""The codec through exported artifacts: transforms run by the deployment part of the export's
+backend (ort-cpu: ONNX Runtime sessions, see dqsearch_ort.deployment), entropy coding in CompressAI.
 
 The bitstream is dqsearch's own (`dqsearch.codec`). Streams with integer entropy parameters (the
 default of `dqsearch compress` for quantized ScaleHyperprior models, and of exports) decode here
@@ -12,15 +13,15 @@ for the next file.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import onnx
 import torch
 
+from ..backends.base import Deployment
 from ..codec import (
     PAD_MULTIPLE,
     BitstreamError,
@@ -32,57 +33,35 @@ from ..codec import (
     unpack,
 )
 from ..data import crop_padding, pad_to_multiple
+from ..integer.int_entropy import integer_hyper, integer_unsupported
 from ..streamcheck import Layout, LayoutError, check_stream, padded
 from .artifact import ProfileArtifact, Store
 from .stages import Stages
 
 
-def _ort():
-    try:
-        import onnxruntime as ort
-        from dqsearch_ort.session import SessionConfig
-    except ImportError as e:
-        raise RuntimeError(f"the ort-cpu deployment needs onnxruntime and the dqsearch-ort plugin ({e}): "
-                           "pip install -e backends/onnxruntime") from None
-    return ort, SessionConfig
-
-
-def session(model: onnx.ModelProto | str | Path, threads: int = 1):
-    """A CPU session configured like the ort-cpu latency backend (WeightBiasQuantization disabled,
-    sequential, `threads` intra-op threads)."""
-    _, SessionConfig = _ort()
-    if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(str(model))
-    return SessionConfig(providers=["CPUExecutionProvider"], threads=int(threads)).session(model)
-
-
-def timer(threads: int) -> Callable[[], float]:
-    """Thread CPU time with one thread (immune to other jobs' load), wall time otherwise."""
-    return time.thread_time if threads == 1 else time.perf_counter
-
-
 @dataclass
 class Loaded:
-    """One profile's sessions, created on first use of each transform."""
+    """One profile's transforms, loaded by the deployment on first use of each."""
 
     artifact: ProfileArtifact
     threads: int
+    deployment: Deployment
     sessions: dict = field(default_factory=dict)
 
     def prepare(self, transforms: tuple[str, ...]) -> float:
-        """Create the sessions (and load the integer h_s) before anything is timed; returns seconds."""
+        """Load the transforms (and the integer h_s) before anything is timed; returns seconds."""
         t0 = time.perf_counter()
-        for t in transforms:  # "h_s_int" is the integer hyper-synthesis, the others ONNX sessions
+        for t in transforms:  # "h_s_int" is the integer hyper-synthesis, the others the backend's
             if t == "h_s_int":
                 self.artifact.integer_hyper()
             elif t not in self.sessions:
-                self.sessions[t] = session(self.artifact.onnx_path(t), self.threads)
+                self.sessions[t] = self.deployment.load(self.artifact.folder, t, self.threads)
         return time.perf_counter() - t0
 
     def run(self, transform: str, x: np.ndarray) -> np.ndarray:
         if transform not in self.sessions:
             self.prepare((transform,))
-        return self.sessions[transform].run(None, {"x": np.ascontiguousarray(x, np.float32)})[0]
+        return self.sessions[transform](np.ascontiguousarray(x, np.float32))
 
 
 class Runtime:
@@ -102,6 +81,11 @@ class Runtime:
     def manifest(self) -> dict:
         return self.store.manifest
 
+    @property
+    def engine(self) -> str:
+        """The backend running the transforms; a float-h_s stream is tagged `float:<engine>`."""
+        return self.manifest["backend"]
+
     # --- artifacts ------------------------------------------------------------------------------
     def loaded(self, bits: tuple[int, ...], transforms: tuple[str, ...]) -> Loaded:
         """The profile's artifacts with sessions for `transforms`; a profile not on disk yet is
@@ -110,7 +94,7 @@ class Runtime:
         if bits not in self._loaded:
             t0 = time.perf_counter()
             art, built = self.store.profile(bits, build=self.build_missing)
-            self._loaded[bits] = Loaded(art, self.threads)
+            self._loaded[bits] = Loaded(art, self.threads, self.store.deployment)
             self.events.append({"profile": art.key, "cache": "miss" if built else "hit",
                                 "seconds": time.perf_counter() - t0,
                                 **({"build_seconds": art.info["build_seconds"]} if built else {})})
@@ -146,8 +130,6 @@ class Runtime:
         if (lo.artifact.folder / "h_s_int.npz").is_file():
             return lo.artifact.integer_hyper()
         if lo.artifact._hyper is None:
-            from .int_entropy import integer_hyper, integer_unsupported
-
             model = self.store.source().model
             profile = dict(zip(self.store.layer_names, lo.artifact.info["bits"], strict=True))
             why = integer_unsupported(model, profile)
@@ -188,7 +170,7 @@ class Runtime:
             indexes, means = self._entropy_parameters(lo, z_hat, self.manifest["options"]["hyper"])
         with st("entropy"):
             y_strings = self.gaussian_conditional.compress(torch.from_numpy(y), indexes, means=means)
-        arithmetic = "integer" if self.manifest["options"]["hyper"] == "integer" else "float:ort-cpu"
+        arithmetic = "integer" if self.manifest["options"]["hyper"] == "integer" else f"float:{self.engine}"
         with st("write"):
             header = Header(self.manifest["model_id"], h, w, bits, arithmetic)
             data = pack(header, [y_strings, z_strings], z.shape[-2:])
@@ -202,7 +184,7 @@ class Runtime:
         st = Stages(self.threads)
         with st("read"):
             header, strings, shape = unpack(data)
-        refuse_arithmetic(header.hyper, "ort-cpu")
+        refuse_arithmetic(header.hyper, self.engine)
         if header.model_id != self.manifest["model_id"]:
             raise BitstreamError(f"file was written by model {header.model_id}, but this export is "
                                  f"model {self.manifest['model_id']}: use the export of that checkpoint")
@@ -251,6 +233,25 @@ class Runtime:
         info = {"profile": lo.artifact.key, "times": st.primary, "stages": st,
                 "events": self.events[state["n_events"]:]}
         return crop_padding(x_hat, pad).clamp(0, 1), header, info
+
+
+class RuntimeCodec:
+    """The runtime engine behind the one `dqsearch.codec.Codec` interface: an export folder run
+    by its backend's deployment part. `last_info` keeps the timings of the last call."""
+
+    def __init__(self, folder: str | Path, threads: int = 1, build_missing: bool = True):
+        self.runtime = Runtime(folder, threads, build_missing)
+        self.engine = self.runtime.engine
+        self.model_id = self.runtime.manifest["model_id"]
+        self.last_info: dict = {}
+
+    def encode(self, image: torch.Tensor) -> Encoded:
+        enc, self.last_info = self.runtime.encode(image)
+        return enc
+
+    def decode(self, data: bytes) -> tuple[torch.Tensor, Header]:
+        x_hat, header, self.last_info = self.runtime.decode(data)
+        return x_hat, header
 
 
 def profile_of(runtime: Runtime, profile: Mapping[str, int]) -> tuple[int, ...]:

@@ -1,26 +1,36 @@
-"""Which backends can be deployed to. Each entry names the artifact builder and runtime it uses;
-a new target (e.g. tvm-cpu, built on branch `tvm`) registers here with its own builder: it gets
-the same inputs — `params.model_layers` (learned integers and scales), `modules.transform_module`
-(float twins with the sub-pixel rewrite), `int_hyper` — and writes its compiled modules into the
-profile folders next to (or instead of) the ONNX files."""
+"""Which backends can be deployed to: every installed backend whose `deployment()` returns a
+`Deployment` (the optional deployment part of the backend contract, see docs/plugins.md). There
+is no list here: a plugin that implements the part is a deployment target, one that does not is
+refused with one line naming those that are."""
 
 from __future__ import annotations
 
-TARGETS = {
-    "ort-cpu": "ONNX with explicit QDQ, ONNX Runtime CPUExecutionProvider (dqsearch.deploy.runtime)",
-}
-PLANNED = {
-    "tvm-cpu": "compile the same float twins with TVM (branch tvm)",
-    "tvm-arm": "cross-compile the same float twins with TVM (branch tvm)",
-    "ort-cuda": "the ort-cpu artifacts on CUDAExecutionProvider (needs onnxruntime-gpu)",
-    "ort-tensorrt": "the ort-cpu artifacts on TensorrtExecutionProvider (needs onnxruntime-gpu)",
-}
+from ..backends.base import Deployment
+from ..backends.registry import BackendError, available_backends, load_backend
 
 
-def check_backend(name: str) -> None:
-    if name in TARGETS:
-        return
-    if name in PLANNED:
-        raise ValueError(f"deployment to {name} is not implemented yet ({PLANNED[name]}); "
-                         f"implemented: {', '.join(TARGETS)}")
-    raise ValueError(f"unknown deployment backend {name!r}; implemented: {', '.join(TARGETS)}")
+def deployment_for(name: str) -> Deployment:
+    """The deployment part of backend `name`; a one-line ValueError when it has none."""
+    try:
+        backend = load_backend(name)
+    except BackendError as e:
+        raise ValueError(f"cannot deploy to {name}: {e} (pip install the plugin that provides it, e.g. "
+                         "pip install -e backends/onnxruntime for ort-cpu)") from None
+    deployment = backend.deployment()
+    if deployment is None:
+        others = [t for t in deploy_targets() if t != name]
+        raise ValueError(f"backend {name} profiles latency but cannot deploy (it implements no "
+                         f"deployment part); backends that deploy: {', '.join(others) or 'none installed'}")
+    return deployment
+
+
+def deploy_targets() -> list[str]:
+    """Installed backends that implement the deployment part (each loaded with default options)."""
+    out = []
+    for name in available_backends():
+        try:
+            if load_backend(name).deployment() is not None:
+                out.append(name)
+        except Exception:  # noqa: BLE001  (a backend that cannot start deploys nowhere)
+            continue
+    return out

@@ -18,7 +18,7 @@ from torch import nn
 from ..codec import Encoded, Header
 from ..codec import decode as _decode
 from ..codec import encode as _encode
-from .int_entropy import integer_hyper, integer_indexes, integer_unsupported  # noqa: F401
+from ..integer.int_entropy import integer_hyper, integer_indexes, integer_unsupported  # noqa: F401
 
 
 def encode(model: nn.Module, model_id: str, image: torch.Tensor) -> Encoded:

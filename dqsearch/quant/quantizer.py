@@ -93,6 +93,22 @@ def channel_range(x: Tensor, channel_dim: int, percentile: float | None = None) 
     return lo, hi
 
 
+#: The quantizer registry: `QuantPolicy.quantizer` and the CLI's --quantizer choose from it.
+QUANTIZERS: dict[str, type[ChannelQuantizer]] = {}
+
+
+def register_quantizer(name: str):
+    """Class decorator (like CompressAI's register_model): make a `ChannelQuantizer` subclass
+    available as `quantizer=name`. Its constructor takes (num_channels, channel_dim, bits, ndim,
+    percentile, **options); options it does not use arrive in `**_`."""
+    def register(cls: type[ChannelQuantizer]) -> type[ChannelQuantizer]:
+        if name in QUANTIZERS:
+            raise ValueError(f"quantizer {name!r} is registered twice")
+        QUANTIZERS[name] = cls
+        return cls
+    return register
+
+
 class ChannelQuantizer(nn.Module):
     """Common state: which bit-widths it serves, per-channel observed range, calibration."""
 
@@ -246,8 +262,6 @@ class PAMSQuantizer(ChannelQuantizer):
         return ste_round(clipped / step) * step
 
 
-QUANTIZERS: dict[str, type[ChannelQuantizer]] = {
-    "dpa": LearnableQuantizer,
-    "minmax": MinMaxQuantizer,
-    "pams": PAMSQuantizer,
-}
+register_quantizer("dpa")(LearnableQuantizer)
+register_quantizer("minmax")(MinMaxQuantizer)
+register_quantizer("pams")(PAMSQuantizer)

@@ -14,12 +14,12 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
+from ..units import FP32  # noqa: F401  (re-exported)
 from .autoregressive import patch_autoregressive
 from .blocks import QuantizedConv, from_float
 from .quantizer import check_bits
 from .selector import BitSelector, bits_loss, bits_per_image
 
-FP32 = 32
 # What a stored policy without these fields was trained with (before issue 15).
 LEGACY_DEFAULTS = {"fusion": "input-mix", "relaxation": "soft", "selector_features": "mean",
                    "selector_init_std": 0.0}

@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
 
-from dqsearch import cli, cli_backends
+from dqsearch import cli, cli_common
 
 pytest.importorskip("dqsearch_sim")
-
-
-@pytest.fixture(autouse=True)
-def with_commands(monkeypatch):
-    """Until cli.build_parser() registers these commands itself, add them for the test."""
-    original = cli.build_parser
-
-    def build():
-        parser = original()
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        if "profile" not in sub.choices:
-            cli_backends.register(sub)
-        return parser
-
-    monkeypatch.setattr(cli, "build_parser", build)
 
 
 def run(capsys, *argv):
@@ -40,6 +24,7 @@ def test_backends_lists_installed_and_failures(capsys):
     code, out, _ = run(capsys, "backends", "--json")
     rows = {r["name"]: r for r in json.loads(out)}
     assert rows["sim-npu"]["loaded"] and rows["sim-npu"]["capabilities"]["8"] == "int8"
+    assert rows["sim-npu"]["deploys"] is False
 
 
 def test_profile_resume_and_validate(capsys, tmp_path):
@@ -106,6 +91,6 @@ def test_tvm_shortcut_flags_become_backend_options():
     parser = cli.build_parser()
     args = parser.parse_args(["profile", "--backend", "tvm-arm", "--tune-trials", "16", "--rpc-tracker",
                               "10.0.0.2:9190", "--rpc-key", "rk3588", "--option", "rpc_timeout=60"])
-    opts = cli_backends._backend_options(args)
+    opts = cli_common.backend_options(args)
     assert opts["tune_trials"] == 16 and opts["rpc_tracker"] == "10.0.0.2:9190"
     assert opts["rpc_key"] == "rk3588" and opts["rpc_timeout"] == 60 and "rpc" not in opts

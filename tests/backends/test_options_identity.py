@@ -141,13 +141,13 @@ def test_input_sizes_must_be_multiples_of_64(capsys):
 
 
 def test_compare_passes_options_to_measuring_backends(tmp_path):
-    from dqsearch.compare import Study
+    from dqsearch.compare import Benchmark
 
     text = (ROOT / "studies/hw-bitfusion.toml").read_text()
     assert "[latency]" in text
     path = tmp_path / "s.toml"
     path.write_text(text.replace("[latency]", "[latency]\noptions = {threads = 2, repeats = 3}"))
-    assert Study.load(path).backend_options == {"threads": 2, "repeats": 3}
+    assert Benchmark.load(path).backend_options == {"threads": 2, "repeats": 3}
 
 
 def test_cli_model_names_are_the_architectures():

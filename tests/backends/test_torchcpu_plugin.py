@@ -66,8 +66,8 @@ def test_profile_validate_study_with_options(fp32, tmp_path, monkeypatch, capsys
     assert summary["trials"] and summary["trials"][0]["measured_ms"] is not None
 
     # the next study finds the cached table: same device, same options
-    from dqsearch.cli_study import find_or_profile_table
     from dqsearch.models import load_checkpoint
+    from dqsearch.workflows import find_or_profile_table
 
     ck = load_checkpoint(fp32)
     info = {"architecture": ck.architecture, "arch_args": ck.arch_args}

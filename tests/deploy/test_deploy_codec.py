@@ -8,15 +8,16 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from dqsearch_ort.deployment import session
+from dqsearch_ort.onnx_graph import export, quantize_graph
 
 from dqsearch.codec import BitstreamError, decode, encode
 from dqsearch.deploy.artifact import Store
 from dqsearch.deploy.modules import transform_module
-from dqsearch.deploy.onnx_graph import export, quantize_graph
-from dqsearch.deploy.packing import read_packed_ints
-from dqsearch.deploy.params import model_layers
-from dqsearch.deploy.runtime import Runtime, session
+from dqsearch.deploy.runtime import Runtime
 from dqsearch.evaluate import psnr
+from dqsearch.integer.packing import read_packed_ints
+from dqsearch.integer.params import model_layers
 from dqsearch.models import load_checkpoint
 from dqsearch.quant.wrap import quantized_layers, set_profile
 
@@ -57,7 +58,7 @@ def test_int8_graph_runs_integer_kernels(exported, tmp_path):
     ops = {}
     for t in ("g_a", "g_s"):
         opt = tmp_path / f"{t}.opt.onnx"
-        SessionConfig().session(onnx.load(str(art.onnx_path(t))), optimized_path=str(opt))
+        SessionConfig().session(onnx.load(str(art.path(f"{t}.onnx"))), optimized_path=str(opt))
         ops[t] = [n.op_type for n in onnx.load(str(opt)).graph.node]
     assert ops["g_a"].count("QLinearConv") == 4  # g_a.2 is 6-bit: int8 container, integer too
     assert "ConvTranspose" not in ops["g_s"] and ops["g_s"].count("QLinearConv") == 3  # g_s.2 is 12-bit

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from dqsearch.codec import BitstreamError, decode
-from dqsearch.deploy.int_hyper import IntegerHyperSynthesis
-from dqsearch.deploy.params import model_layers
 from dqsearch.deploy.runtime import Runtime
 from dqsearch.evaluate import psnr
+from dqsearch.integer.int_hyper import IntegerHyperSynthesis
+from dqsearch.integer.params import model_layers
 from dqsearch.models import load_checkpoint
 from dqsearch.quant.wrap import quantized_layers, set_profile
 

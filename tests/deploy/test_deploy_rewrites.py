@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 from compressai.layers import GDN
+from dqsearch_ort.onnx_graph import int8_weights
 from torch import nn
 
-from dqsearch.deploy import subpixel
 from dqsearch.deploy.modules import FoldedGDN, deployed_layer
-from dqsearch.deploy.onnx_graph import int8_weights
-from dqsearch.deploy.packing import pack_bits, unpack_bits
-from dqsearch.deploy.params import float_layer, layer_quant
+from dqsearch.integer import subpixel
+from dqsearch.integer.packing import pack_bits, unpack_bits
+from dqsearch.integer.params import float_layer, layer_quant
 from dqsearch.quant.blocks import from_float
 
 

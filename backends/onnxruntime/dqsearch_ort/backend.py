@@ -88,6 +88,15 @@ class OrtBackend(Backend):
         self._traces: dict[tuple, ModelTrace] = {}
 
     # --- contract -------------------------------------------------------------------------------
+    def deployment(self):
+        """ort-cpu deploys (the export's sessions run on the CPU provider); CUDA and TensorRT do not
+        yet."""
+        if self.name != "ort-cpu":
+            return None
+        from .deployment import OrtDeployment
+
+        return OrtDeployment()
+
     def capabilities(self) -> dict[int, str]:
         return {b: container_of(b) for b in (*range(2, 17), 32)}
 

@@ -15,8 +15,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from dqsearch.units import FP32
+
 KINDS = ("bit-serial", "bitfusion", "roofline")
-FP32 = 32
 
 
 class SpecError(ValueError):

@@ -1,5 +1,6 @@
-"""ONNX graphs of deployed transforms: export the float twin, then put each layer's learned
-quantization on it as explicit QuantizeLinear / DequantizeLinear nodes.
+"""ONNX graphs of deployed transforms (the ort-cpu deployment, `deployment.OrtDeployment`): export
+the float twin, then put each layer's learned quantization on it as explicit QuantizeLinear /
+DequantizeLinear nodes.
 
 Two arithmetics per quantized layer (see docs/deploy.md for why both exist):
 
@@ -28,7 +29,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from .params import LayerQuant
+from dqsearch.deploy.artifact import WEIGHT_MODES
+from dqsearch.integer.params import LayerQuant
 
 OPSET = 21  # 16-bit QuantizeLinear/DequantizeLinear are in the default domain from opset 21
 ARITHMETICS = ("exact", "int8")
@@ -124,7 +126,6 @@ def u8_params(lo: float, hi: float) -> tuple[float, int]:
     return scale, int(np.clip(round(-lo / scale), 0, 255))
 
 
-WEIGHT_MODES = ("exact", "symmetric")
 
 
 def int8_weights(lq: LayerQuant, mode: str = "exact") -> tuple[np.ndarray, np.ndarray]:

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..backends.base import container_of
 from ..quant.blocks import QuantizedConv
 from ..quant.wrap import FP32, conv_layers, quantized_layers
+from ..units import container_of
 
 _EPS = 1e-8
 
