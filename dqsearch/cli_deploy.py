@@ -115,14 +115,15 @@ class Export(Command):
                             "in the backend (reads `dqsearch compress` streams, but not bit-exactly)")
         p.add_argument("--subpixel", metavar="MODE",
                        choices=RegistryChoices("dqsearch.deploy.artifact", "SUBPIXEL"),
-                       help="ConvTranspose as Conv + PixelShuffle: auto (default) keeps it where it "
-                            "times faster, on, off")
+                       help="ConvTranspose as Conv + PixelShuffle: auto (default) where a deconvolution "
+                            "runs in int8 (the graph the ort-cpu latency table times), timed (both forms "
+                            "timed at export, the faster kept), on, off")
         p.add_argument("--int8-weights", metavar="MODE",
                        choices=RegistryChoices("dqsearch.deploy.artifact", "WEIGHT_MODES"),
                        help="exact (default): learned zero-points kept (per channel where needed); "
                             "symmetric: zero-point 0, clipping 8-bit outliers (a faster QLinearConv)")
         p.add_argument("--decide-input", type=height_width,
-                       help="HxW the auto decision is timed at (default 512x768)")
+                       help="HxW the timed decision is timed at (default 512x768)")
         p.add_argument("--profile", type=int_list, action="append",
                        help="also build this profile (comma-separated bits in layer order; repeatable)")
         p.add_argument("--images", help="build the profiles the selectors pick for these images")

@@ -12,8 +12,10 @@ from collections.abc import Mapping
 from typing import Any
 
 #: metadata fields that identify the measuring device; timing options (repeats…) are not in it
+#: `graph` names the graph builder that timed a table (ort-cpu: {"builder": "deployment", "version":
+#: 1, ...}); tables timed on another builder (or before the key existed) then differ in `graph`
 IDENTITY_KEYS = ("device", "cpu", "cpu_id", "board", "target", "provider", "threads", "versions", "tuned",
-                 "tune_trials", "spec_sha256")
+                 "tune_trials", "spec_sha256", "graph")
 
 
 def identity_of(metadata: Mapping[str, Any]) -> dict[str, Any]:

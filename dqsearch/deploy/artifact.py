@@ -51,7 +51,7 @@ CODECS = {  # architecture → how its hyperprior is wired
     "bmshj2018-hyperprior": {"abs_h_a": True, "means": False},
     "mbt2018-mean": {"abs_h_a": False, "means": True},
 }
-SUBPIXEL = ("auto", "on", "off")
+SUBPIXEL = ("auto", "timed", "on", "off")
 HYPER = ("float", "integer")
 ARITHMETICS = ("int8", "exact")
 WEIGHT_MODES = ("exact", "symmetric")
@@ -68,9 +68,9 @@ class Options:
 
     arithmetic: str = "int8"  # g_a and g_s: "int8" (QLinearConv) or "exact" (learned QDQ, float conv)
     hyper: str = "integer"  # h_s: "integer" (bit-exact everywhere) or "float" (exact QDQ in ORT)
-    subpixel: str = "auto"  # deconvolutions as Conv + PixelShuffle: auto (timed), on, off
+    subpixel: str = "auto"  # deconvs as Conv + PixelShuffle: auto (where one runs in int8), timed, on, off
     int8_weights: str = "exact"  # "symmetric": zero-point 0, 8-bit outliers clipped (faster kernel)
-    decide_input: tuple[int, int] = (512, 768)  # image size (H, W) the auto decision is timed at
+    decide_input: tuple[int, int] = (512, 768)  # image size (H, W) the timed decision is timed at
     threads: int = 1
 
     def __post_init__(self) -> None:

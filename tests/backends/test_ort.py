@@ -45,12 +45,17 @@ def test_capabilities_map_bits_to_containers(backend):
     assert meta["provider"] == "CPUExecutionProvider"
 
 
-def test_int8_convs_become_qlinearconv_and_deconvs_stay_float(backend, groups):
+def test_int8_layers_get_qlinearconv_as_deployed(backend, groups):
+    """The deployment's graphs: g_a/g_s int8 layers run QLinearConv (g_s's deconvolutions in
+    sub-pixel form), the hyper transforms' 8-bit layers the exact QDQ around float convolutions."""
     _, g = groups
-    runs, owner = optimized(backend, g["g_a"], dict.fromkeys(g["g_a"].layers, 8))
-    assert set(conv_ops(runs, owner).values()) == {"QLinearConv"}
-    runs, owner = optimized(backend, g["g_s"], dict.fromkeys(g["g_s"].layers, 8))
-    assert set(conv_ops(runs, owner).values()) == {"ConvTranspose"}  # no int8 ConvTranspose kernel
+    for t in ("g_a", "g_s"):
+        runs, owner = optimized(backend, g[t], dict.fromkeys(g[t].layers, 8))
+        assert set(conv_ops(runs, owner).values()) == {"QLinearConv"}, t
+    runs, owner = optimized(backend, g["h_s"], dict.fromkeys(g["h_s"].layers, 8))
+    assert "QLinearConv" not in set(conv_ops(runs, owner).values())
+    runs, owner = optimized(backend, g["g_s"], dict.fromkeys(g["g_s"].layers, 32))
+    assert "ConvTranspose" in set(conv_ops(runs, owner).values())  # FP32: no sub-pixel rewrite
 
 
 def test_fp32_layer_between_int8_neighbours_stays_fp32(backend, groups):

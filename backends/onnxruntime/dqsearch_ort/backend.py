@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -21,12 +22,12 @@ from dqsearch.backends import (
     container_of,
     cpu_model,
     cpu_signature,
-    float_model,
     parse_input_shape,
     trace_model,
 )
 
-from . import context, export, qdq
+from . import context, qdq
+from .onnx_graph import OPSET
 from .session import SessionConfig, TimingOptions, profile_runs, time_runs
 
 PROVIDERS = {
@@ -37,35 +38,44 @@ PROVIDERS = {
 
 
 class _Group:
-    """One transform (g_a, h_s…) exported once at its input shape, with calibration ranges."""
+    """One transform (g_a, h_s…) of a model's quantized copy, built by the deployment's graph
+    builder at each profile (`qdq.transform_graph`), with random input at its traced shape."""
 
-    def __init__(self, module: nn.Module, name: str, shape: Sequence[int], layers: list[str], seed: int):
-        self.name, self.layers = name, layers
-        self.fp32 = export.export(module, shape, seed)
-        self.nodes = export.layer_nodes(self.fp32, name, layers)
+    def __init__(self, q: qdq.QuantizedCopy, model: nn.Module, name: str, shape: Sequence[int],
+                 layers: list[str], seed: int, arithmetic: str, int8_weights: str):
+        self.q, self.model, self.name, self.layers = q, model, name, layers
+        self.arithmetic, self.int8_weights = arithmetic, int8_weights
         rng = np.random.default_rng(seed)
         self.feeds = {"x": rng.standard_normal(tuple(shape)).astype(np.float32)}
-        self.ranges = qdq.calibrate(self.fp32, self.feeds, qdq.layer_tensors(self.fp32, self.nodes))
-        self.succ = context.layer_edges(self.fp32, self.nodes)
+        fp32 = self.deployed(dict.fromkeys(layers, 32))
+        self.succ = context.layer_edges(fp32, {n: f"{n}@conv" for n in layers})
+
+    def deployed(self, bits: Mapping[str, int]) -> onnx.ModelProto:
+        """The graph `dqsearch export` deploys for this transform at `bits`."""
+        return qdq.transform_graph(self.q, self.name, {n: bits[n] for n in self.layers}, self.arithmetic,
+                                   self.int8_weights, self.model)
 
     def graph(self, bits: Mapping[str, int]) -> onnx.ModelProto:
-        graph = qdq.insert_qdq(self.fp32, self.nodes, {n: bits[n] for n in self.layers}, self.ranges)
-        return context.label(graph, set(self.layers))
+        return context.label(self.deployed(bits), set(self.layers))
 
 
 class OrtBackend(Backend):
-    """Layers and transforms timed in ONNX Runtime sessions with explicit QDQ per container.
+    """Layers and transforms timed in ONNX Runtime sessions, each graph built by the ort-cpu
+    deployment's builder (`qdq`: the graph `dqsearch export` deploys at that bit profile).
 
     Options: threads (intra-op, default 1), warmup, repeats, min_seconds, max_repeats (layer
     timing), clock ("thread" CPU time, the default with one thread, or "wall"),
-    context_repeats and context_random (graph-context design), seed.
+    context_repeats and context_random (graph-context design), seed, and the deployment's graph
+    options arithmetic ("int8" or "exact" for g_a/g_s, as `dqsearch export --arithmetic`) and
+    int8_weights ("exact" or "symmetric", as `--int8-weights`).
     """
 
     latency_by_container = True  # 4-, 6- and 8-bit layers are the same int8 program
 
     def __init__(self, name: str = "ort-cpu", threads: int = 1, warmup: int = 3, repeats: int = 10,
                  min_seconds: float = 0.3, max_repeats: int = 200, context_repeats: int = 5,
-                 context_random: int = 6, seed: int = 0, clock: str | None = None) -> None:
+                 context_random: int = 6, seed: int = 0, clock: str | None = None,
+                 arithmetic: str = "int8", int8_weights: str = "exact") -> None:
         provider = PROVIDERS[name]
         available = ort.get_available_providers()
         if provider not in available:
@@ -84,7 +94,10 @@ class OrtBackend(Backend):
                              "threads or the GPU): use clock=wall")
         self.timing = TimingOptions(int(warmup), int(repeats), float(min_seconds), int(max_repeats), clock)
         self.context_repeats, self.context_random, self.seed = int(context_repeats), int(context_random), seed
+        qdq.check_options(arithmetic, int8_weights)
+        self.arithmetic, self.int8_weights = arithmetic, int8_weights
         self._groups: dict[tuple, _Group] = {}
+        self._copies: dict[int, qdq.QuantizedCopy] = {}
         self._traces: dict[tuple, ModelTrace] = {}
 
     # --- contract -------------------------------------------------------------------------------
@@ -104,27 +117,31 @@ class OrtBackend(Backend):
         return {"device": f"{self.name} on {cpu_model()}", "provider": self.config.providers[0],
                 "cpu": cpu_model(), "cpu_id": cpu_signature(), "threads": self.config.threads, "tuned": False,
                 "versions": {"onnxruntime": ort.__version__, "onnx": onnx.__version__,
-                             "opset": export.OPSET},
+                             "opset": OPSET},
+                "graph": qdq.graph_metadata(self.arithmetic, self.int8_weights),
                 "timing": {"clock": self.timing.clock, "warmup": self.timing.warmup,
                            "repeats": self.timing.repeats,
                            "min_seconds": self.timing.min_seconds,
                            "context_repeats": self.context_repeats,
                            "context_random": self.context_random},
-                "precision": "QDQ: uint8 activations / int8 per-channel weights for <= 8 bits, "
-                             "uint16/int16 for <= 16, none for 32"}
+                "precision": "the deployment's QDQ: int8 layers of g_a/g_s as QLinearConv (uint8 "
+                             "activations, learned int8 weights), other quantized layers learned "
+                             "per-channel QDQ around a float conv (uint8/uint16), none for 32"}
 
     def profile_layer(self, spec: LayerSpec, bits: int) -> Measurement:
+        """The layer alone, as its transform's deployment builds it (arithmetic and sub-pixel form
+        by its transform, `spec.group`), in a one-layer graph."""
         self.container(bits)
         import torch
 
         with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
             torch.manual_seed(self.seed)
-            module = spec.module()
-        fp32 = export.export(module, spec.input_shape, self.seed)
-        node = next(n.name for n in fp32.graph.node if n.op_type in export.CONV_OPS)
-        feeds = {"x": np.random.default_rng(self.seed).standard_normal(spec.input_shape).astype(np.float32)}
-        ranges = qdq.calibrate(fp32, feeds, qdq.layer_tensors(fp32, {spec.name: node}))
-        graph = qdq.insert_qdq(fp32, {spec.name: node}, {spec.name: bits}, ranges)
+            holder = nn.Sequential(OrderedDict([(spec.group, nn.Sequential(spec.module()))]))
+            x = torch.randn(spec.input_shape)
+        q = qdq.QuantizedCopy(holder, [x])
+        name = f"{spec.group}.0"
+        graph = qdq.transform_graph(q, spec.group, {name: bits}, self.arithmetic, self.int8_weights)
+        feeds = {"x": x.numpy()}
         sess = self.config.session(graph)
         return Measurement.from_samples(time_runs(sess, feeds, self.timing))
 
@@ -189,7 +206,9 @@ class OrtBackend(Backend):
         return ContextProfile(layers, Measurement.from_samples(fixed_samples), transitions,
                               {"design": "affine k^2 + random", "random_profiles": self.context_random,
                                "containers": containers, "runs": len(plan),
-                               "fit_median_abs_residual_ms": residuals, "profiler_scale": scales})
+                               "fit_median_abs_residual_ms": residuals, "profiler_scale": scales,
+                               "fixed_ms_by_transform": {g.name: statistics.median(f)
+                                                         for g, f in zip(groups, fixed, strict=True)}})
 
     def _profiler_scale(self, g: _Group, containers: Sequence[str], bits: Sequence[int], runs: list,
                         store: dict, save: Callable[[], None] | None) -> float:
@@ -218,16 +237,23 @@ class OrtBackend(Backend):
         if key not in self._traces:
             self._traces[key] = trace_model(model, shape)
         trace = self._traces[key]
-        plain = None
         out = []
         for gname, gshape in trace.group_inputs.items():
             gkey = (id(model), shape, gname)
             if gkey not in self._groups:
-                plain = plain or float_model(model)
+                if id(model) not in self._copies:
+                    self._copies[id(model)] = qdq.QuantizedCopy(model)
                 names = [s.name for s in trace.layers if s.group == gname]
-                self._groups[gkey] = _Group(plain.get_submodule(gname), gname, gshape, names, self.seed)
+                self._groups[gkey] = _Group(self._copies[id(model)], model, gname, gshape, names, self.seed,
+                                            self.arithmetic, self.int8_weights)
             out.append(self._groups[gkey])
         return out
+
+    def deployed_graph(self, model: nn.Module, transform: str, bit_profile: Mapping[str, int],
+                       input_shape: str | Sequence[int] = "768x512") -> onnx.ModelProto:
+        """The graph this backend times for `transform` at `bit_profile` (what deployment builds)."""
+        group = next(g for g in self._model_groups(model, input_shape) if g.name == transform)
+        return group.deployed(bit_profile)
 
 
 def cpu(**options: Any) -> OrtBackend:

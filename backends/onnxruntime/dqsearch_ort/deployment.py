@@ -1,7 +1,9 @@
 """The ort-cpu deployment part: each transform of an exported profile as an ONNX graph with the
 learned quantization as explicit QDQ (`onnx_graph`), run in a CPU session configured like the
-ort-cpu latency backend. Where a deconvolution can run as Conv + PixelShuffle (`--subpixel auto`)
-both graphs are timed side by side and the faster one is kept.
+ort-cpu latency backend. A transform's deconvolutions run as Conv + PixelShuffle where one of
+them runs in int8 (`--subpixel auto`, `subpixel_rule`; `--subpixel timed` times both forms side by
+side and keeps the faster). The ort-cpu backend profiles its latency tables on graphs built here
+(`qdq.transform_graph` calls `transform_graph`), so a table times what is deployed.
 
 dqsearch core calls `OrtDeployment.build` for each profile it exports and `OrtDeployment.load`
 for each transform it runs (`dqsearch.deploy.artifact` / `runtime`); see docs/plugins.md.
@@ -93,6 +95,18 @@ def transform_graph(model: torch.nn.Module, transform: str, layers: Mapping[str,
     return shuffles_in_uint8(graph) if subpixel else graph
 
 
+def subpixel_rule(transform: str, layers: Mapping[str, LayerQuant], arithmetic: str) -> bool:
+    """`--subpixel auto`: the transform's deconvolutions run as Conv + PixelShuffle exactly when one
+    of them runs in int8 arithmetic (then it gets QLinearConv; ONNX Runtime has no integer
+    ConvTranspose). Timed at export (`--subpixel timed`) this is what won on every measured CPU for
+    g_s (int8 98 vs 162 ms; FP32/exact slower or equal; the tiny h_s flips with noise), and being a
+    rule it is also what the ort-cpu latency table times (`qdq`)."""
+    if arithmetic != "int8":
+        return False
+    return any(n.startswith(transform + ".") and lq.transposed and lq.container == "int8"
+               and plan(lq) is not None for n, lq in layers.items())
+
+
 def _graph(store: Any, model: torch.nn.Module, layers: Mapping[str, LayerQuant],
            ranges: dict | None, transform: str) -> tuple[onnx.ModelProto, dict]:
     """The transform's ONNX graph, with the sub-pixel rewrite where it is kept."""
@@ -108,6 +122,10 @@ def _graph(store: Any, model: torch.nn.Module, layers: Mapping[str, LayerQuant],
         return build(False), {"subpixel": False, "reason": "no deconvolution" if not rewritable else "off"}
     if opts.subpixel == "on":
         return build(True), {"subpixel": True, "reason": "on"}
+    if opts.subpixel == "auto":
+        keep = subpixel_rule(transform, layers, arith)
+        return build(keep), {"subpixel": keep, "reason": "int8 deconvolution" if keep else
+                             "no int8 deconvolution"}
     variants = {"deconv": build(False), "subpixel": build(True)}
     times = time_variants(variants, _decide_feeds(transform, layers, opts.decide_input), opts.threads)
     keep = choose(times, "deconv", "subpixel")

@@ -191,6 +191,8 @@ def quantize_graph(model: onnx.ModelProto, convs: Mapping[str, tuple[str, LayerQ
         layer = by_node.get(id(node))
         lq = convs[layer][1] if layer else None
         if lq is None or not lq.quantized:
+            if layer:  # an FP32 layer: named like the quantized ones, so profiler events find it
+                node.name = f"{layer}@conv"
             new_nodes.append(node)
             continue
         b = _Builder(f"{layer}@")

@@ -1,148 +1,122 @@
-"""Insert explicit QDQ around chosen convolutions: the graph a deployed mixed-precision model runs.
+"""The graphs ort-cpu times are the graphs its deployment builds (issue 16).
 
-For a layer in container int8: input activation Q/DQ to uint8 (asymmetric, from a calibration
-range), weights stored int8 per output channel with a DequantizeLinear, bias int32 at scale
-s_x·s_w, output Q/DQ to uint8 — the pattern ONNX Runtime fuses into QLinearConv. int16 uses
-uint16/int16 the same way (bias stays float: no 16-bit conv kernel consumes it). A bit-width
-below the container's width narrows the quantization range (2^b levels) inside the container.
-Layer nodes and tensors are renamed `<layer>@…` so profiler events can be traced back.
+A latency table must time what `dqsearch export --backend ort-cpu` deploys, so this module has no
+QDQ insertion of its own: it gives the profiler a post-training-quantized copy of the model (every
+conv wrapped over the bit-widths the backend runs, activation ranges calibrated on the bundled
+sample images) and builds each transform at a bit profile with the deployment's own builder,
+`deployment.transform_graph` (float twin with deployed weights, sub-pixel deconvolutions, folded
+GDN, `onnx_graph.quantize_graph`, uint8 PixelShuffle). Timing does not depend on the weight
+values, only on the graph and the kinds of kernels it gets, so a PTQ copy stands in for any
+trained checkpoint of the architecture.
+
+Rules that make the profiled graph the deployed one (`dqsearch.deploy.artifact.Options` defaults):
+
+* arithmetic ``int8`` (QLinearConv, per-tensor activation scale) for the int8 layers of g_a and
+  g_s, ``exact`` (learned per-channel QDQ around a float conv) for every other transform and for
+  16-bit layers (`Options.arithmetic_of`);
+* a transform's deconvolutions run in sub-pixel form (Conv + PixelShuffle) exactly when one of
+  them runs in int8 arithmetic: the rule `--subpixel auto` follows on the measured CPUs (only
+  the int8 form gets a faster kernel from it; `docs/deploy.md`, "Rewrites");
+* int8 weights stored as `--int8-weights` says (``exact``: learned zero-points).
+
+The h_s the table times is the ONNX one (`--hyper float`); the default export computes the entropy
+parameters with the integer h_s in numpy instead, a fixed ~10 ms at 768×512 that no bit profile
+changes (see docs/deploy.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
-import numpy as np
 import onnx
-import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
+import torch
+from compressai.models import MeanScaleHyperprior, ScaleHyperprior
+from torch import nn
 
-from dqsearch.backends import container_of
+from dqsearch.backends import FP32, container_of, float_model
+from dqsearch.deploy.artifact import ARITHMETICS, WEIGHT_MODES
+from dqsearch.deploy.calibrate import calibration_images, output_ranges
+from dqsearch.integer.params import LayerQuant, float_layer, layer_quant
+from dqsearch.quant.wrap import QuantPolicy, calibrate, quantized_layers, wrap
 
-CONTAINERS = {  # container → (activation type, weight type, numpy weight dtype, width)
-    "int8": (TensorProto.UINT8, TensorProto.INT8, np.int8, 8),
-    "int16": (TensorProto.UINT16, TensorProto.INT16, np.int16, 16),
-}
-
-
-def calibrate(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], tensors: list[str]
-              ) -> dict[str, tuple[float, float]]:
-    """Min/max of the named tensors on one FP32 run (the quantization ranges)."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    have = {o.name for o in probe.graph.output}
-    for t in tensors:
-        if t not in have:
-            probe.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    values = dict(zip(names, sess.run(None, dict(feeds)), strict=True))
-    return {t: (float(values[t].min()), float(values[t].max())) for t in tensors}
+#: recorded as metadata["graph"] in every table (an identity key): which builder timed it
+GRAPH_BUILDER = "deployment"
+GRAPH_VERSION = 1
+QUANT_BITS = tuple(range(2, 17))  # every integer bit-width the backend runs
+INT8_TRANSFORMS = ("g_a", "g_s")  # `Options.arithmetic_of`: the hyper transforms are always exact
 
 
-def insert_qdq(model: onnx.ModelProto, layers: Mapping[str, str], bits: Mapping[str, int],
-               ranges: Mapping[str, tuple[float, float]]) -> onnx.ModelProto:
-    """A copy of `model` where each layer (name → its Conv node name) runs at `bits[layer]`."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    g = out.graph
-    inits = {i.name: i for i in g.initializer}
-    node_layer = {node: layer for layer, node in layers.items()}
-    new_nodes, new_inits = [], []
-
-    def act_qdq(tensor: str, tag: str, layer: str, container: str, b: int, dst: str | None = None) -> float:
-        atype = CONTAINERS[container][0]
-        lo, hi = ranges[tensor]
-        lo, hi = min(lo, 0.0), max(hi, 0.0)
-        levels = 2 ** b - 1
-        scale = max(hi - lo, 1e-8) / levels
-        zp = int(round(-lo / scale))
-        p = f"{layer}@{tag}"
-        new_inits.extend([numpy_helper.from_array(np.array(scale, np.float32), f"{p}.scale"),
-                          helper.make_tensor(f"{p}.zero", atype, [], [zp])])
-        new_nodes.append(helper.make_node("QuantizeLinear", [tensor, f"{p}.scale", f"{p}.zero"], [f"{p}.q"],
-                                          name=f"{p}.Q"))
-        new_nodes.append(helper.make_node("DequantizeLinear", [f"{p}.q", f"{p}.scale", f"{p}.zero"],
-                                          [dst or f"{p}.dq"], name=f"{p}.DQ"))
-        return scale
-
-    for node in g.node:
-        layer = node_layer.get(node.name)
-        if layer is None:
-            new_nodes.append(node)
-            continue
-        b = int(bits[layer])
-        container = container_of(b)
-        conv_out = node.output[0]
-        node.name = f"{layer}@conv"
-        if container == "fp32":
-            new_nodes.append(node)
-            continue
-        _, wtype, wdtype, _width = CONTAINERS[container]
-        sx = act_qdq(node.input[0], "in", layer, container, b)
-        w = numpy_helper.to_array(inits[node.input[1]])
-        axis = 1 if node.op_type == "ConvTranspose" else 0
-        reduce = tuple(i for i in range(w.ndim) if i != axis)
-        qmax = 2 ** (b - 1) - 1
-        sw = (np.maximum(np.abs(w).max(axis=reduce), 1e-12) / qmax).astype(np.float32)
-        shape = [1] * w.ndim
-        shape[axis] = -1
-        wq = np.clip(np.round(w / sw.reshape(shape)), -qmax, qmax).astype(wdtype)
-        p = f"{layer}@w"
-        new_inits.extend([numpy_helper.from_array(wq, f"{p}.q"), numpy_helper.from_array(sw, f"{p}.scale"),
-                          numpy_helper.from_array(np.zeros_like(sw, dtype=wdtype), f"{p}.zero")])
-        new_nodes.append(helper.make_node("DequantizeLinear", [f"{p}.q", f"{p}.scale", f"{p}.zero"],
-                                          [f"{p}.dq"], axis=axis, name=f"{p}.DQ"))
-        inputs = [f"{layer}@in.dq", f"{p}.dq"]
-        if len(node.input) > 2 and node.input[2]:
-            bias = numpy_helper.to_array(inits[node.input[2]])
-            if container == "int8" and node.op_type == "Conv":
-                bs = (sx * sw).astype(np.float32)
-                bq = np.clip(np.round(bias / bs), -(2 ** 31), 2 ** 31 - 1).astype(np.int32)
-                new_inits.extend([numpy_helper.from_array(bq, f"{layer}@b.q"),
-                                  numpy_helper.from_array(bs, f"{layer}@b.scale"),
-                                  numpy_helper.from_array(np.zeros_like(bq), f"{layer}@b.zero")])
-                new_nodes.append(helper.make_node("DequantizeLinear", [f"{layer}@b.q", f"{layer}@b.scale",
-                                                                       f"{layer}@b.zero"],
-                                                  [f"{layer}@b.dq"], axis=0, name=f"{layer}@b.DQ"))
-                inputs.append(f"{layer}@b.dq")
-            else:
-                inputs.append(node.input[2])
-        conv = helper.make_node(node.op_type, inputs, [f"{layer}@y"], name=f"{layer}@conv")
-        conv.attribute.extend(node.attribute)
-        new_nodes.append(conv)
-        act_qdq_out = ranges[conv_out]
-        ranges = {**ranges, f"{layer}@y": act_qdq_out}
-        act_qdq(f"{layer}@y", "out", layer, container, b, dst=conv_out)
-    # FP32 layers: name their output `<layer>@y` too (ONNX Runtime names some fused nodes after
-    # their output tensor), rewiring consumers and graph outputs
-    rename = {}
-    for n in new_nodes:
-        layer = n.name[:-len("@conv")] if n.name.endswith("@conv") else None
-        if layer and n.output[0] != f"{layer}@y":
-            rename[n.output[0]] = f"{layer}@y"
-            n.output[0] = f"{layer}@y"
-    for n in new_nodes:
-        for i, t in enumerate(n.input):
-            if t in rename and not n.name.endswith("@conv"):
-                n.input[i] = rename[t]
-    for o in g.output:
-        if o.name in rename:
-            o.name = rename[o.name]
-    del g.node[:]
-    g.node.extend(new_nodes)
-    g.initializer.extend(new_inits)
-    return out
+def graph_metadata(arithmetic: str, int8_weights: str) -> dict:
+    return {"builder": GRAPH_BUILDER, "version": GRAPH_VERSION, "arithmetic": arithmetic,
+            "int8_weights": int8_weights, "subpixel": "where a deconvolution runs in int8",
+            "hyper": "float (ONNX h_s)"}
 
 
-def layer_tensors(model: onnx.ModelProto, layers: Mapping[str, str]) -> list[str]:
-    """Input and output activations of the layers' nodes: what `calibrate` must observe."""
-    wanted = set(layers.values())
-    names = []
-    for n in model.graph.node:
-        if n.name in wanted:
-            names += [n.input[0], n.output[0]]
-    return names
+def check_options(arithmetic: str, int8_weights: str) -> None:
+    if arithmetic not in ARITHMETICS:
+        raise ValueError(f"arithmetic must be one of {ARITHMETICS}, got {arithmetic!r}")
+    if int8_weights not in WEIGHT_MODES:
+        raise ValueError(f"int8_weights must be one of {WEIGHT_MODES}, got {int8_weights!r}")
+
+
+def arithmetic_of(transform: str, arithmetic: str) -> str:
+    return arithmetic if transform in INT8_TRANSFORMS else "exact"
+
+
+def abs_input(model: nn.Module, transform: str) -> bool:
+    """ScaleHyperprior's h_a reads |y| (the deployment puts the Abs into the h_a graph)."""
+    return (transform == "h_a" and isinstance(model, ScaleHyperprior)
+            and not isinstance(model, MeanScaleHyperprior))
+
+
+class QuantizedCopy:
+    """A PTQ copy of a model for profiling: every conv wrapped dynamic over `bits` (DPA
+    quantizers, the training default), activation ranges calibrated on `batches`; `layers(profile)`
+    gives the LayerQuant a trained checkpoint would give at that profile, `ranges` the int8 output
+    ranges (measured once, at 8 bits: their values do not change the graph)."""
+
+    def __init__(self, model: nn.Module, batches: Iterable[torch.Tensor] | None = None,
+                 bits: Sequence[int] = QUANT_BITS) -> None:
+        plain = float_model(model)
+        with torch.random.fork_rng(devices=[]):  # selectors' random init must not move the caller's RNG
+            torch.manual_seed(0)
+            self.model = wrap(plain, QuantPolicy.dynamic(tuple(bits))).eval()
+        images = list(batches) if batches is not None else calibration_images(limit=2, side=128)
+        with torch.no_grad():
+            calibrate(self.model, images)
+        self._blocks = quantized_layers(self.model)
+        self._cache: dict[tuple[str, int], LayerQuant] = {}
+        self.ranges = output_ranges(self.model, dict.fromkeys(self._blocks, 8), images)
+
+    def layer(self, name: str, bits: int) -> LayerQuant:
+        key = (name, int(bits))
+        if key not in self._cache:
+            m = self._blocks[name]
+            self._cache[key] = float_layer(name, m) if bits == FP32 else layer_quant(name, m, int(bits))
+        return self._cache[key]
+
+    def layers(self, profile: Mapping[str, int]) -> dict[str, LayerQuant]:
+        return {n: self.layer(n, b) for n, b in profile.items()}
+
+
+def uses_subpixel(transform: str, layers: Mapping[str, LayerQuant], arithmetic: str) -> bool:
+    """Whether the deployment's graph of `transform` has its deconvolutions in sub-pixel form
+    (`--subpixel auto`, the default)."""
+    from .deployment import subpixel_rule
+
+    return subpixel_rule(transform, layers, arithmetic_of(transform, arithmetic))
+
+
+def transform_graph(q: QuantizedCopy, transform: str, profile: Mapping[str, int], arithmetic: str = "int8",
+                    int8_weights: str = "exact", model: nn.Module | None = None) -> onnx.ModelProto:
+    """`transform` of the quantized copy at `profile` (its layers → bits), as the deployment
+    builds it; input `x`, output `y`, height and width dynamic."""
+    from .deployment import transform_graph as build
+
+    layers = q.layers({n: b for n, b in profile.items() if n.startswith(transform + ".")})
+    for name, lq in layers.items():
+        if lq.quantized and container_of(lq.bits) not in ("int8", "int16"):
+            raise ValueError(f"layer {name}: {lq.bits} bits has no container")
+    return build(q.model, transform, layers, arithmetic_of(transform, arithmetic), q.ranges,
+                 uses_subpixel(transform, layers, arithmetic), abs_input(model or q.model, transform),
+                 int8_weights)
