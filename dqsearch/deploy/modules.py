@@ -9,7 +9,7 @@ quantizer arithmetic — onto which the ONNX step puts the learned quantization 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -95,10 +95,11 @@ def _set(root: nn.Module, path: str, module: nn.Module) -> None:
 
 
 def transform_module(model: nn.Module, transform: str, layers: Mapping[str, LayerQuant],
-                     use_subpixel: bool = False, abs_input: bool = False
+                     use_subpixel: bool | Collection[str] = False, abs_input: bool = False
                      ) -> tuple[nn.Module, dict[str, tuple[str, LayerQuant]]]:
     """A float copy of `model.<transform>` with deployed weights; returns it and, per layer, the
-    module path of its Conv2d/ConvTranspose2d inside the copy and that conv's LayerQuant."""
+    module path of its Conv2d/ConvTranspose2d inside the copy and that conv's LayerQuant.
+    `use_subpixel`: True/False for every deconvolution, or the names of the layers to rewrite."""
     src = model.get_submodule(transform)
     mod = copy.deepcopy(src).eval()
     convs: dict[str, tuple[str, LayerQuant]] = {}
@@ -107,7 +108,8 @@ def transform_module(model: nn.Module, transform: str, layers: Mapping[str, Laye
         if not name.startswith(prefix):
             continue
         rel = name[len(prefix):]
-        new, conv_lq = deployed_layer(lq, use_subpixel)
+        sub = use_subpixel if isinstance(use_subpixel, bool) else name in use_subpixel
+        new, conv_lq = deployed_layer(lq, sub)
         _set(mod, rel, new)
         convs[name] = (rel + ".conv" if isinstance(new, SubPixelConv) else rel, conv_lq)
     for path, m in list(mod.named_modules()):

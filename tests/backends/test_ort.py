@@ -38,7 +38,10 @@ def conv_ops(runs, owner):
 
 def test_capabilities_map_bits_to_containers(backend):
     caps = backend.capabilities()
-    assert caps[4] == caps[8] == "int8" and caps[10] == caps[16] == "int16" and caps[32] == "fp32"
+    assert caps[4] == caps[7] == "int8" and caps[10] == caps[16] == "int16" and caps[32] == "fp32"
+    assert caps[8] == "int8-zp"  # learned weight zero-points: another QLinearConv program
+    symmetric = ort_backend.OrtBackend("ort-cpu", int8_weights="symmetric", **FAST).capabilities()
+    assert symmetric[4] == symmetric[8] == "int8"
     assert backend.latency_by_container
     meta = backend.metadata()
     assert meta["threads"] == 1 and meta["versions"]["onnxruntime"]

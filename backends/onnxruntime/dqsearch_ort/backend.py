@@ -111,7 +111,14 @@ class OrtBackend(Backend):
         return OrtDeployment()
 
     def capabilities(self) -> dict[int, str]:
-        return {b: container_of(b) for b in (*range(2, 17), 32)}
+        """Bits → the program they run: int8 (2–7 bits), int16 (9–16), fp32 (32); and 8 bits as
+        `int8-zp` where the deployment stores learned weight zero-points (int8 arithmetic, exact
+        weights): a 2–7-bit layer's integers always fit int8 around zero (zero-point 0), an 8-bit
+        layer's usually do not, and QLinearConv with weight zero-points is ~25% slower."""
+        caps = {b: container_of(b) for b in (*range(2, 17), 32)}
+        if self.arithmetic == "int8" and self.int8_weights == "exact":
+            caps[8] = "int8-zp"
+        return caps
 
     def metadata(self) -> dict[str, Any]:
         return {"device": f"{self.name} on {cpu_model()}", "provider": self.config.providers[0],
@@ -125,8 +132,9 @@ class OrtBackend(Backend):
                            "context_repeats": self.context_repeats,
                            "context_random": self.context_random},
                 "precision": "the deployment's QDQ: int8 layers of g_a/g_s as QLinearConv (uint8 "
-                             "activations, learned int8 weights), other quantized layers learned "
-                             "per-channel QDQ around a float conv (uint8/uint16), none for 32"}
+                             "activations, learned int8 weights; 8 bits with weight zero-points), "
+                             "other quantized layers learned per-channel QDQ around a float conv "
+                             "(uint8/uint16), none for 32"}
 
     def profile_layer(self, spec: LayerSpec, bits: int) -> Measurement:
         """The layer alone, as its transform's deployment builds it (arithmetic and sub-pixel form
@@ -167,7 +175,8 @@ class OrtBackend(Backend):
         from tqdm import tqdm
 
         store = store if store is not None else {}
-        containers = sorted({self.container(b) for b in bits}, key=["int8", "int16", "fp32"].index)
+        order = ["int8", "int8-zp", "int16", "fp32"]
+        containers = sorted({self.container(b) for b in bits}, key=order.index)
         groups = self._model_groups(model, trace.input_shape)
         plan = [(g, p) for g in groups for p in context.design(g.layers, containers, self.context_random,
                                                                 self.seed)]

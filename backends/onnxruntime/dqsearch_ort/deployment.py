@@ -1,7 +1,7 @@
 """The ort-cpu deployment part: each transform of an exported profile as an ONNX graph with the
 learned quantization as explicit QDQ (`onnx_graph`), run in a CPU session configured like the
-ort-cpu latency backend. A transform's deconvolutions run as Conv + PixelShuffle where one of
-them runs in int8 (`--subpixel auto`, `subpixel_rule`; `--subpixel timed` times both forms side by
+ort-cpu latency backend. A deconvolution runs as Conv + PixelShuffle where it runs in int8
+(`--subpixel auto`, `subpixel_rule`; `--subpixel timed` times both forms side by
 side and keeps the faster). The ort-cpu backend profiles its latency tables on graphs built here
 (`qdq.transform_graph` calls `transform_graph`), so a table times what is deployed.
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -85,26 +85,29 @@ def _decide_feeds(transform: str, layers: Mapping[str, LayerQuant], hw: tuple[in
 
 
 def transform_graph(model: torch.nn.Module, transform: str, layers: Mapping[str, LayerQuant],
-                    arithmetic: str, ranges: dict | None, subpixel: bool, abs_input: bool = False,
-                    int8_weights: str = "exact") -> onnx.ModelProto:
-    """One transform as a deployable ONNX graph (float twin → export → learned QDQ)."""
+                    arithmetic: str, ranges: dict | None, subpixel: bool | Collection[str],
+                    abs_input: bool = False, int8_weights: str = "exact") -> onnx.ModelProto:
+    """One transform as a deployable ONNX graph (float twin → export → learned QDQ). `subpixel`:
+    every deconvolution in sub-pixel form (True), none, or the named layers."""
     channels = _in_channels(next(lq for n, lq in layers.items() if n.startswith(transform + ".")))
     mod, convs = transform_module(model, transform, dict(layers), use_subpixel=subpixel,
                                   abs_input=abs_input)
     graph = quantize_graph(export(mod, channels), convs, arithmetic, ranges, int8_weights)
-    return shuffles_in_uint8(graph) if subpixel else graph
+    return shuffles_in_uint8(graph) if subpixel else graph  # (an empty collection: no rewrite)
 
 
-def subpixel_rule(transform: str, layers: Mapping[str, LayerQuant], arithmetic: str) -> bool:
-    """`--subpixel auto`: the transform's deconvolutions run as Conv + PixelShuffle exactly when one
-    of them runs in int8 arithmetic (then it gets QLinearConv; ONNX Runtime has no integer
-    ConvTranspose). Timed at export (`--subpixel timed`) this is what won on every measured CPU for
-    g_s (int8 98 vs 162 ms; FP32/exact slower or equal; the tiny h_s flips with noise), and being a
-    rule it is also what the ort-cpu latency table times (`qdq`)."""
+def subpixel_rule(transform: str, layers: Mapping[str, LayerQuant], arithmetic: str) -> list[str]:
+    """`--subpixel auto`: the deconvolutions of `transform` that run in int8 arithmetic, each of
+    which becomes Conv + PixelShuffle (and so gets QLinearConv: ONNX Runtime has no integer
+    ConvTranspose); the others stay ConvTranspose. Timed at export (`--subpixel timed`), this is
+    what won on every measured CPU (int8 g_s 98 vs 162 ms; FP32/exact equal within ±5%, either
+    way with load; the tiny h_s flips with noise). Being per layer, a layer's form depends only on
+    its own precision, which is what the ort-cpu latency table (`qdq`, built with this rule)
+    can time additively."""
     if arithmetic != "int8":
-        return False
-    return any(n.startswith(transform + ".") and lq.transposed and lq.container == "int8"
-               and plan(lq) is not None for n, lq in layers.items())
+        return []
+    return [n for n, lq in layers.items() if n.startswith(transform + ".") and lq.transposed
+            and lq.container == "int8" and plan(lq) is not None]
 
 
 def _graph(store: Any, model: torch.nn.Module, layers: Mapping[str, LayerQuant],
@@ -123,9 +126,9 @@ def _graph(store: Any, model: torch.nn.Module, layers: Mapping[str, LayerQuant],
     if opts.subpixel == "on":
         return build(True), {"subpixel": True, "reason": "on"}
     if opts.subpixel == "auto":
-        keep = subpixel_rule(transform, layers, arith)
-        return build(keep), {"subpixel": keep, "reason": "int8 deconvolution" if keep else
-                             "no int8 deconvolution"}
+        rewritten = subpixel_rule(transform, layers, arith)
+        return build(rewritten), {"subpixel": bool(rewritten), "layers": rewritten,
+                                  "reason": "the int8 deconvolutions"}
     variants = {"deconv": build(False), "subpixel": build(True)}
     times = time_variants(variants, _decide_feeds(transform, layers, opts.decide_input), opts.threads)
     keep = choose(times, "deconv", "subpixel")

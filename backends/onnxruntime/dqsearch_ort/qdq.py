@@ -14,9 +14,9 @@ Rules that make the profiled graph the deployed one (`dqsearch.deploy.artifact.O
 * arithmetic ``int8`` (QLinearConv, per-tensor activation scale) for the int8 layers of g_a and
   g_s, ``exact`` (learned per-channel QDQ around a float conv) for every other transform and for
   16-bit layers (`Options.arithmetic_of`);
-* a transform's deconvolutions run in sub-pixel form (Conv + PixelShuffle) exactly when one of
-  them runs in int8 arithmetic: the rule `--subpixel auto` follows on the measured CPUs (only
-  the int8 form gets a faster kernel from it; `docs/deploy.md`, "Rewrites");
+* a deconvolution runs in sub-pixel form (Conv + PixelShuffle) exactly when it runs in int8
+  arithmetic (`--subpixel auto`, `deployment.subpixel_rule`: only the int8 form gets a faster
+  kernel from it; `docs/deploy.md`, "Rewrites"), so a layer's form depends on its own bits only;
 * int8 weights stored as `--int8-weights` says (``exact``: learned zero-points).
 
 The h_s the table times is the ONNX one (`--hyper float`); the default export computes the entropy
@@ -48,7 +48,7 @@ INT8_TRANSFORMS = ("g_a", "g_s")  # `Options.arithmetic_of`: the hyper transform
 
 def graph_metadata(arithmetic: str, int8_weights: str) -> dict:
     return {"builder": GRAPH_BUILDER, "version": GRAPH_VERSION, "arithmetic": arithmetic,
-            "int8_weights": int8_weights, "subpixel": "where a deconvolution runs in int8",
+            "int8_weights": int8_weights, "subpixel": "each deconvolution that runs in int8",
             "hyper": "float (ONNX h_s)"}
 
 
@@ -99,9 +99,9 @@ class QuantizedCopy:
         return {n: self.layer(n, b) for n, b in profile.items()}
 
 
-def uses_subpixel(transform: str, layers: Mapping[str, LayerQuant], arithmetic: str) -> bool:
-    """Whether the deployment's graph of `transform` has its deconvolutions in sub-pixel form
-    (`--subpixel auto`, the default)."""
+def subpixel_layers(transform: str, layers: Mapping[str, LayerQuant], arithmetic: str) -> list[str]:
+    """The deconvolutions the deployment's graph of `transform` has in sub-pixel form
+    (`--subpixel auto`, the default: those that run in int8)."""
     from .deployment import subpixel_rule
 
     return subpixel_rule(transform, layers, arithmetic_of(transform, arithmetic))
@@ -118,5 +118,5 @@ def transform_graph(q: QuantizedCopy, transform: str, profile: Mapping[str, int]
         if lq.quantized and container_of(lq.bits) not in ("int8", "int16"):
             raise ValueError(f"layer {name}: {lq.bits} bits has no container")
     return build(q.model, transform, layers, arithmetic_of(transform, arithmetic), q.ranges,
-                 uses_subpixel(transform, layers, arithmetic), abs_input(model or q.model, transform),
+                 subpixel_layers(transform, layers, arithmetic), abs_input(model or q.model, transform),
                  int8_weights)
