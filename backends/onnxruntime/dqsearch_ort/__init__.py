@@ -1,10 +1,10 @@
 """dqsearch-ort: ONNX Runtime backends (`ort-cpu`, `ort-cuda`, `ort-tensorrt`).
 
-Each layer (or whole transform) is exported to ONNX and given explicit QuantizeLinear /
-DequantizeLinear nodes at its container precision — uint8 activations and int8 weights for
-≤ 8 bits, uint16/int16 for ≤ 16, none for FP32 — so ONNX Runtime picks the kernels a deployed
-model would get (QLinearConv where one exists). Bit-widths below a container's width only change
-scales, not the program, so they share its latency.
+Every graph timed is the graph `dqsearch export --backend ort-cpu` deploys (`qdq`, a thin layer
+over `deployment.transform_graph`): QLinearConv for the int8 layers of g_a/g_s (deconvolutions in
+sub-pixel form), the learned per-channel QDQ around float convs elsewhere (uint8 or uint16
+activations), none for FP32, and the integer h_s in numpy. Bit-widths sharing a program share its
+latency: 2–7 bits (int8 weights without zero-points), 8 bits (`int8-zp`: with them), 9–16, 32.
 """
 
 from .backend import OrtBackend, cpu, cuda, tensorrt

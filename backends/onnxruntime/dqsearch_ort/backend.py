@@ -66,8 +66,9 @@ class OrtBackend(Backend):
     Options: threads (intra-op, default 1), warmup, repeats, min_seconds, max_repeats (layer
     timing), clock ("thread" CPU time, the default with one thread, or "wall"),
     context_repeats and context_random (graph-context design), seed, and the deployment's graph
-    options arithmetic ("int8" or "exact" for g_a/g_s, as `dqsearch export --arithmetic`) and
-    int8_weights ("exact" or "symmetric", as `--int8-weights`).
+    options arithmetic ("int8" or "exact" for g_a/g_s, as `dqsearch export --arithmetic`),
+    int8_weights ("exact" or "symmetric", as `--int8-weights`) and hyper ("integer": the numpy
+    integer h_s the export runs by default, for ScaleHyperprior; "float": the ONNX h_s).
     """
 
     latency_by_container = True  # 4-, 6- and 8-bit layers are the same int8 program
@@ -75,7 +76,7 @@ class OrtBackend(Backend):
     def __init__(self, name: str = "ort-cpu", threads: int = 1, warmup: int = 3, repeats: int = 10,
                  min_seconds: float = 0.3, max_repeats: int = 200, context_repeats: int = 5,
                  context_random: int = 6, seed: int = 0, clock: str | None = None,
-                 arithmetic: str = "int8", int8_weights: str = "exact") -> None:
+                 arithmetic: str = "int8", int8_weights: str = "exact", hyper: str = "integer") -> None:
         provider = PROVIDERS[name]
         available = ort.get_available_providers()
         if provider not in available:
@@ -94,8 +95,8 @@ class OrtBackend(Backend):
                              "threads or the GPU): use clock=wall")
         self.timing = TimingOptions(int(warmup), int(repeats), float(min_seconds), int(max_repeats), clock)
         self.context_repeats, self.context_random, self.seed = int(context_repeats), int(context_random), seed
-        qdq.check_options(arithmetic, int8_weights)
-        self.arithmetic, self.int8_weights = arithmetic, int8_weights
+        qdq.check_options(arithmetic, int8_weights, hyper)
+        self.arithmetic, self.int8_weights, self.hyper = arithmetic, int8_weights, hyper
         self._groups: dict[tuple, _Group] = {}
         self._copies: dict[int, qdq.QuantizedCopy] = {}
         self._traces: dict[tuple, ModelTrace] = {}
@@ -125,7 +126,7 @@ class OrtBackend(Backend):
                 "cpu": cpu_model(), "cpu_id": cpu_signature(), "threads": self.config.threads, "tuned": False,
                 "versions": {"onnxruntime": ort.__version__, "onnx": onnx.__version__,
                              "opset": OPSET},
-                "graph": qdq.graph_metadata(self.arithmetic, self.int8_weights),
+                "graph": qdq.graph_metadata(self.arithmetic, self.int8_weights, self.hyper),
                 "timing": {"clock": self.timing.clock, "warmup": self.timing.warmup,
                            "repeats": self.timing.repeats,
                            "min_seconds": self.timing.min_seconds,
@@ -159,7 +160,8 @@ class OrtBackend(Backend):
         all of them see the same machine state."""
         groups = self._model_groups(model, input_shape)
         self.check_profile([n for g in groups for n in g.layers], bit_profile)
-        sessions = [(self.config.session(g.graph(bit_profile)), g.feeds) for g in groups]
+        sessions = [(self._integer_run(model, g, bit_profile) or self.config.session(g.graph(bit_profile)),
+                     g.feeds) for g in groups]
         for sess, feeds in sessions:
             for _ in range(self.timing.warmup):
                 sess.run(None, feeds)
@@ -211,6 +213,9 @@ class OrtBackend(Backend):
             residuals[g.name] = fit.residual_ms
             scales[g.name] = scale
         bar.close()
+        h_s = next((i for i, g in enumerate(groups) if g.name == "h_s"), None)
+        if self.hyper == "integer" and h_s is not None and qdq.has_integer_hyper(model):
+            fixed[h_s] = self._integer_h_s(groups[h_s], containers, bits, layers, transitions, store, save)
         fixed_samples = [sum(col) for col in zip(*fixed, strict=True)]
         return ContextProfile(layers, Measurement.from_samples(fixed_samples), transitions,
                               {"design": "affine k^2 + random", "random_profiles": self.context_random,
@@ -218,6 +223,39 @@ class OrtBackend(Backend):
                                "fit_median_abs_residual_ms": residuals, "profiler_scale": scales,
                                "fixed_ms_by_transform": {g.name: statistics.median(f)
                                                          for g, f in zip(groups, fixed, strict=True)}})
+
+    def _integer_run(self, model: nn.Module, g: _Group, bit_profile: Mapping[str, int]
+                     ) -> qdq.IntegerHyperRun | None:
+        """The integer h_s where the default export runs it (every h_s layer quantized)."""
+        if (self.hyper != "integer" or g.name != "h_s" or not qdq.has_integer_hyper(model)
+                or any(bit_profile[n] == 32 for n in g.layers)):
+            return None
+        return qdq.IntegerHyperRun(qdq.integer_hyper(g.q, {n: bit_profile[n] for n in g.layers}))
+
+    def _integer_h_s(self, g: _Group, containers: Sequence[str], bits: Sequence[int],
+                     layers: dict[str, dict[str, Measurement]], transitions: list[dict],
+                     store: dict, save: Callable[[], None] | None) -> list[float]:
+        """h_s's integer containers timed as the integer h_s (numpy, per layer step): replaces their
+        ONNX times in `layers` and the transitions among them; returns h_s's fixed part (input
+        quantizer and scale-table search). FP32 h_s layers keep their ONNX times (an integer h_s
+        needs every layer quantized; such a profile deploys only with --hyper float)."""
+        ints = [c for c in containers if c != "fp32"]
+        for c in ints:
+            key = f"h_s|integer|{c}"
+            if key not in store:
+                b = max(x for x in bits if self.container(x) == c)
+                hyper = qdq.integer_hyper(g.q, dict.fromkeys(g.layers, b))
+                store[key] = qdq.time_integer_hyper(hyper, g.layers, g.feeds["x"], self.timing.warmup,
+                                                    self.context_repeats, self.timing.now)
+                if save:
+                    save()
+            for n in g.layers:
+                layers[n][c] = Measurement.from_samples(store[key][n])
+        for t in transitions:
+            if t["from"] in g.layers:
+                t["cost"] = {k: v for k, v in t["cost"].items()
+                             if not all(side in ints for side in k.split(">"))}
+        return list(store[f"h_s|integer|{ints[0]}"]["_head"]) if ints else [0.0] * self.context_repeats
 
     def _profiler_scale(self, g: _Group, containers: Sequence[str], bits: Sequence[int], runs: list,
                         store: dict, save: Callable[[], None] | None) -> float:

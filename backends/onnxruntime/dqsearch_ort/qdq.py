@@ -19,15 +19,17 @@ Rules that make the profiled graph the deployed one (`dqsearch.deploy.artifact.O
   kernel from it; `docs/deploy.md`, "Rewrites"), so a layer's form depends on its own bits only;
 * int8 weights stored as `--int8-weights` says (``exact``: learned zero-points).
 
-The h_s the table times is the ONNX one (`--hyper float`); the default export computes the entropy
-parameters with the integer h_s in numpy instead, a fixed ~10 ms at 768×512 that no bit profile
-changes (see docs/deploy.md).
+* h_s as the export's `--hyper` says: ``integer`` (the default; ScaleHyperprior only) runs the
+  integer-only hyper-synthesis in numpy (`dqsearch.integer.int_hyper`, ~10 ms at 768×512 whatever
+  the bits), timed per layer here (`time_integer_hyper`); ``float`` the ONNX h_s graph.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
+import numpy as np
 import onnx
 import torch
 from compressai.models import MeanScaleHyperprior, ScaleHyperprior
@@ -36,6 +38,7 @@ from torch import nn
 from dqsearch.backends import FP32, container_of, float_model
 from dqsearch.deploy.artifact import ARITHMETICS, WEIGHT_MODES
 from dqsearch.deploy.calibrate import calibration_images, output_ranges
+from dqsearch.integer.int_hyper import IntegerHyperSynthesis, _conv, _shuffle
 from dqsearch.integer.params import LayerQuant, float_layer, layer_quant
 from dqsearch.quant.wrap import QuantPolicy, calibrate, quantized_layers, wrap
 
@@ -46,13 +49,18 @@ QUANT_BITS = tuple(range(2, 17))  # every integer bit-width the backend runs
 INT8_TRANSFORMS = ("g_a", "g_s")  # `Options.arithmetic_of`: the hyper transforms are always exact
 
 
-def graph_metadata(arithmetic: str, int8_weights: str) -> dict:
+HYPER = ("integer", "float")
+
+
+def graph_metadata(arithmetic: str, int8_weights: str, hyper: str) -> dict:
     return {"builder": GRAPH_BUILDER, "version": GRAPH_VERSION, "arithmetic": arithmetic,
             "int8_weights": int8_weights, "subpixel": "each deconvolution that runs in int8",
-            "hyper": "float (ONNX h_s)"}
+            "hyper": hyper}
 
 
-def check_options(arithmetic: str, int8_weights: str) -> None:
+def check_options(arithmetic: str, int8_weights: str, hyper: str = "integer") -> None:
+    if hyper not in HYPER:
+        raise ValueError(f"hyper must be one of {HYPER}, got {hyper!r}")
     if arithmetic not in ARITHMETICS:
         raise ValueError(f"arithmetic must be one of {ARITHMETICS}, got {arithmetic!r}")
     if int8_weights not in WEIGHT_MODES:
@@ -120,3 +128,56 @@ def transform_graph(q: QuantizedCopy, transform: str, profile: Mapping[str, int]
     return build(q.model, transform, layers, arithmetic_of(transform, arithmetic), q.ranges,
                  subpixel_layers(transform, layers, arithmetic), abs_input(model or q.model, transform),
                  int8_weights)
+
+
+def has_integer_hyper(model: nn.Module) -> bool:
+    """Whether the export's default integer h_s exists for this architecture (scales only)."""
+    return isinstance(model, ScaleHyperprior) and not isinstance(model, MeanScaleHyperprior)
+
+
+def integer_hyper(q: QuantizedCopy, profile: Mapping[str, int]) -> IntegerHyperSynthesis:
+    """The integer h_s the export builds (`h_s_int.npz`) for the h_s layers of `profile` (in order)."""
+    table = q.model.gaussian_conditional.scale_table
+    if table.numel() == 0:
+        from compressai.models.google import get_scale_table
+
+        table = get_scale_table()
+    return IntegerHyperSynthesis.build([q.layer(n, b) for n, b in profile.items()], table.tolist())
+
+
+def time_integer_hyper(hyper: IntegerHyperSynthesis, names: Sequence[str], z_hat: np.ndarray,
+                       warmup: int, repeats: int, clock: Callable[[], float] = time.thread_time
+                       ) -> dict[str, list[float]]:
+    """Per run, ms: each layer's step of `IntegerHyperSynthesis.indexes` (integer conv, shuffle,
+    ReLU, requantization) and, under HEAD, the rest (input quantizer, scale-table search)."""
+    out: dict[str, list[float]] = {"_head": [], **{n: [] for n in names}}
+    for i in range(warmup + repeats):
+        t = clock()
+        q = hyper.quantize_input(z_hat[0])
+        step = {"_head": clock() - t}
+        y = q
+        for j, (name, layer) in enumerate(zip(names, hyper.layers, strict=True)):
+            t = clock()
+            y = np.maximum(_shuffle(_conv(q, layer), layer.shuffle), 0)
+            if j + 1 < len(hyper.layers):
+                m, z = hyper.multipliers[j], hyper.next_zero[j]
+                q = np.round(y.astype(np.float64) * m[:, None, None]).astype(np.int64) + z[:, None, None]
+                q = np.clip(q, 0, hyper.layers[j + 1].qmax)
+            step[name] = clock() - t
+        t = clock()
+        np.searchsorted(hyper.thresholds, y, side="left")
+        step["_head"] += clock() - t
+        if i >= warmup:
+            for k, v in step.items():
+                out[k].append(v * 1e3)
+    return out
+
+
+class IntegerHyperRun:
+    """The integer h_s with a session's `run(outputs, feeds)` (for `session.time_runs`)."""
+
+    def __init__(self, hyper: IntegerHyperSynthesis):
+        self.hyper = hyper
+
+    def run(self, _outputs, feeds: Mapping[str, np.ndarray]):
+        return [self.hyper.indexes(feeds["x"])]
