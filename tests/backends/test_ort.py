@@ -86,20 +86,21 @@ def test_layer_edges_follow_the_graph(groups):
                              context.HEAD: ["g_a.0"]}
 
 
-def test_residual_edges_of_cheng2020():
-    import onnx  # noqa: F401
-    from dqsearch_ort import export
-
+def test_residual_edges_of_cheng2020(backend):
+    """Found on the deployment's graph of a context model (whose `context_prediction` transform is
+    a single conv, built as a one-layer transform)."""
     from dqsearch.models import build_model
 
-    model = float_model(build_model("cheng2020-anchor", N=16))
-    fp32 = export.export(model.g_a, (1, 3, 64, 64))
-    names = [s.name for s in trace_model(model, (64, 64)).layers if s.group == "g_a"]
-    succ = context.layer_edges(fp32, export.layer_nodes(fp32, "g_a", names))
+    model = build_model("cheng2020-anchor", N=16)
+    groups = {g.name: g for g in backend._model_groups(model, (64, 64))}
+    succ = groups["g_a"].succ
     # block 0's output feeds block 1's conv1 and, through block 1's identity path, block 2
     assert set(succ["g_a.0.conv2"]) == {"g_a.1.conv1", "g_a.2.conv1", "g_a.2.skip"}
     assert set(succ[context.HEAD]) == {"g_a.0.conv1", "g_a.0.skip"}
     assert set(succ["g_a.0.skip"]) == set(succ["g_a.0.conv2"])
+    assert groups["context_prediction"].layers == ["context_prediction"]
+    graph = groups["context_prediction"].graph({"context_prediction": 8})
+    assert "context_prediction@conv" in {n.name for n in graph.graph.node}
 
 
 def test_design_covers_every_container_pair_on_consecutive_layers():

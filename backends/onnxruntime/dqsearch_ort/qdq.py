@@ -27,6 +27,7 @@ Rules that make the profiled graph the deployed one (`dqsearch.deploy.artifact.O
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -118,9 +119,20 @@ def subpixel_layers(transform: str, layers: Mapping[str, LayerQuant], arithmetic
 def transform_graph(q: QuantizedCopy, transform: str, profile: Mapping[str, int], arithmetic: str = "int8",
                     int8_weights: str = "exact", model: nn.Module | None = None) -> onnx.ModelProto:
     """`transform` of the quantized copy at `profile` (its layers → bits), as the deployment
-    builds it; input `x`, output `y`, height and width dynamic."""
+    builds it; input `x`, output `y`, height and width dynamic. A transform that is one conv
+    (a context model's `context_prediction`) is built as a one-layer transform."""
     from .deployment import transform_graph as build
 
+    if transform in profile:  # the transform is the layer itself
+        holder = nn.Sequential(OrderedDict([(transform, nn.Sequential(q.model.get_submodule(transform)))]))
+        lq = q.layer(transform, profile[transform])
+        graph = build(holder, transform, {f"{transform}.0": lq}, arithmetic_of(transform, arithmetic),
+                      {f"{transform}.0": q.ranges[transform]} if transform in q.ranges else None,
+                      subpixel_layers(transform, {f"{transform}.0": lq}, arithmetic), False, int8_weights)
+        for node in graph.graph.node:
+            if node.name == f"{transform}.0@conv":
+                node.name = f"{transform}@conv"
+        return graph
     layers = q.layers({n: b for n, b in profile.items() if n.startswith(transform + ".")})
     for name, lq in layers.items():
         if lq.quantized and container_of(lq.bits) not in ("int8", "int16"):
