@@ -9,7 +9,7 @@ ort_backend = pytest.importorskip("dqsearch_ort.backend")
 from dqsearch_ort import context  # noqa: E402
 from dqsearch_ort.session import profile_runs  # noqa: E402
 
-from dqsearch.backends import BackendError, float_model, trace_model  # noqa: E402
+from dqsearch.backends import BackendError  # noqa: E402
 from dqsearch.backends.testing import tiny_model  # noqa: E402
 
 FAST = dict(threads=1, warmup=1, repeats=3, min_seconds=0.0, context_repeats=2, context_random=2)
