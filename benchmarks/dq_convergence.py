@@ -56,6 +56,10 @@ def plot(result: dict, path: Path) -> None:
         rows.sort(key=lambda r: r["steps"])
         steps = [r["steps"] for r in rows]
         axes[0].plot(steps, [r["psnr"] for r in rows], "o-", label=name)
+        for r in rows:
+            if r["avg_bits"] and r["avg_bits"] != 8:
+                axes[0].annotate(f"{r['avg_bits']:.2f} b", (r["steps"], r["psnr"]), fontsize=7,
+                                 textcoords="offset points", xytext=(4, 4))
         axes[1].plot(steps, [r["bpp"] for r in rows], "o-", label=name)
     fp = result.get("fp32")
     if fp:
