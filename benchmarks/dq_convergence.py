@@ -44,6 +44,7 @@ def point_summary(point: dict) -> dict:
 
 def plot(result: dict, path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -67,6 +68,9 @@ def plot(result: dict, path: Path) -> None:
         axes[1].axhline(fp["bpp"], color="gray", ls="--", lw=1)
     for ax, label in zip(axes, ("Kodak PSNR (dB)", "Kodak bpp (file bytes)"), strict=True):
         ax.set_xscale("log")
+        ticks = sorted({r["steps"] for r in result["points"]})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xlabel("QAT steps")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
