@@ -188,6 +188,8 @@ def main() -> None:
                     help="also try every single-layer change of the most frequent profile per image")
     ap.add_argument("--gamma", type=float, default=0.15, help="γ of the training objective (headroom)")
     ap.add_argument("--train-path", action="store_true", help="also run the training forward (the gap)")
+    ap.add_argument("--sets", default="kodak,validation",
+                    help="which image sets to run, comma-separated (a recipe is chosen on validation only)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("-o", "--output", default="benchmarks/results/dq_adaptivity.json")
     args = ap.parse_args()
@@ -199,6 +201,10 @@ def main() -> None:
     lmbda = float(ck.meta.get("lmbda") or 0.013)
     val = split_files(list_images(args.train_data), args.val_fraction, args.seed)[1]
     sets = {"kodak": list_images(args.kodak), "validation": val}
+    wanted = [n.strip() for n in args.sets.split(",") if n.strip()]
+    if not wanted or set(wanted) - set(sets):
+        raise SystemExit(f"--sets takes a comma-separated subset of {sorted(sets)}, got {args.sets!r}")
+    sets = {n: sets[n] for n in wanted}
     t0 = time.perf_counter()
     result = {
         "benchmark": "dq_adaptivity",
