@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from dqsearch.compare import Study, _family_checkpoint, method_checkpoint
+from dqsearch.compare import Benchmark, _family_checkpoint, method_checkpoint
 from dqsearch.data import list_images
 from dqsearch.evaluate import evaluate_checkpoint
 from dqsearch.models import load_checkpoint
@@ -92,7 +92,7 @@ def main() -> None:
     ap.add_argument("--figure", help="PNG (default: the output with .png)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    study = Study.load(args.study)
+    study = Benchmark.load(args.study)
     by_name = {m.name: m for m in study.methods}
     missing = [n for n in args.methods if n not in by_name]
     if missing:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from dqsearch.compare import Study, _family_checkpoint, method_checkpoint
+from dqsearch.compare import Benchmark, _family_checkpoint, method_checkpoint
 from dqsearch.data import CropSampler, list_images, load_image
 from dqsearch.models import load_checkpoint
 from dqsearch.quant.wrap import QuantPolicy, wrap
@@ -52,7 +52,7 @@ def static_policy(dq: QuantPolicy, profile: dict[str, int]) -> QuantPolicy:
     return QuantPolicy.from_dict(d)
 
 
-def static_checkpoint(study: Study, dq_ck, profile: dict[str, int], base: Path, out: Path) -> Path:
+def static_checkpoint(study: Benchmark, dq_ck, profile: dict[str, int], base: Path, out: Path) -> Path:
     """QAT of the static profile with the DQ run's own training configuration (resumable)."""
     if out.exists():
         ck = load_checkpoint(out, with_train_state=True)
@@ -104,7 +104,7 @@ def main() -> None:
     ap.add_argument("-o", "--output", default="benchmarks/results/dq_static_vs_dynamic.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    study = Study.load(args.study)
+    study = Benchmark.load(args.study)
     method = next((m for m in study.methods if m.name == args.method), None)
     if method is None or method.policy is None or method.policy.mode != "dynamic":
         raise SystemExit(f"{args.study} has no DQ method {args.method!r}")

@@ -551,7 +551,3 @@ def write_report(bench: Benchmark, results: dict[str, dict]) -> dict[str, Any]:
             plot_bits_heatmap(mid, out / f"bits-{slug}.png",
                               f"{name}: bits per layer and image (λ={mid.get('lmbda')})")
     return {"rows": rows, "output": str(out)}
-
-
-# The old names (a benchmark file was called a study file in code), for branches in flight.
-Study, StudyError, run_study = Benchmark, BenchmarkError, run_benchmark
