@@ -39,7 +39,7 @@ from .quant.wrap import QuantPolicy, wrap
 from .sampler import SAMPLERS, make_sampler
 from .storage_url import check_sqlite_folder, redact, scrub
 from .train import RunSpec, TrainConfig, train
-from .units import DEFAULT_LMBDA
+from .units import DEFAULT_LMBDA, QAT_BATCH_SIZE, QAT_CROP, QAT_LR, QAT_STEPS
 
 CONFIG_ATTR = "dqsearch_config"
 STORAGE_RETRIES = 8
@@ -73,10 +73,10 @@ class StudyConfig:
     train_data: str
     trial_dir: str
     backend: str | None = None
-    steps: int = 300
-    batch_size: int = 8
-    crop: int = 128
-    lr: float = 1e-5
+    steps: int = QAT_STEPS
+    batch_size: int = QAT_BATCH_SIZE
+    crop: int = QAT_CROP
+    lr: float = QAT_LR
     val_fraction: float = 0.1
     val_limit: int = 5
     calibration_images: int = 8  # whole photos for the activation ranges (0: random crops, the old recipe)

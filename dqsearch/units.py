@@ -182,6 +182,9 @@ class LayerSpec:
 
 DEFAULT_INPUT = "768x512"  # H×W every latency table, study and benchmark uses unless told
 DEFAULT_LMBDA = 0.013  # rate-distortion λ where a checkpoint records none (the bundled family's)
+# The QAT recipe every workflow starts from (train runs, study trials, benchmark methods): 300 steps
+# of 8 random 128² crops at lr 1e-5 from an FP32 checkpoint.
+QAT_STEPS, QAT_BATCH_SIZE, QAT_CROP, QAT_LR = 300, 8, 128, 1e-5
 MAX_INPUT_BATCH = 16
 MAX_INPUT_PIXELS = 16 * 2**20  # per image: a latency table for larger inputs is not useful
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .units import QAT_BATCH_SIZE, QAT_CROP, QAT_LR, QAT_STEPS
+
 
 class RunError(ValueError):
     """A run that cannot start as asked (printed as one line)."""
@@ -178,10 +180,10 @@ class FmpqRun:
     backend_options: dict[str, Any] = field(default_factory=dict)
     input_shape: tuple[int, int, int, int] | None = None
     data: Path | None = None
-    steps: int = 300
-    batch_size: int = 8
-    crop: int = 128
-    lr: float = 1e-5
+    steps: int = QAT_STEPS
+    batch_size: int = QAT_BATCH_SIZE
+    crop: int = QAT_CROP
+    lr: float = QAT_LR
     calibration_batches: int = 4
     seed: int = 0
     compile: bool = False
