@@ -6,6 +6,7 @@ the backend flags. Imports nothing heavy: building the parser must not load torc
 from __future__ import annotations
 
 import argparse
+from abc import ABC, abstractmethod
 from typing import Any
 
 from .units import DEFAULT_INPUT
@@ -15,7 +16,7 @@ class UsageError(ValueError):
     """Bad command-line input; printed as one line, no traceback."""
 
 
-class Command:
+class Command(ABC):
     """One entry of the command table. `name` may have several words ("study show", "latency
     validate"): each word is a level of sub-commands, so no argument list is rewritten. A command
     adds its flags in `add_arguments` and does its work in `run`, calling one library workflow."""
@@ -25,9 +26,11 @@ class Command:
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Add this command's flags (none by default)."""
+        return None
 
+    @abstractmethod
     def run(self, args: argparse.Namespace) -> int:
-        raise NotImplementedError
+        """Do the command's work (one library workflow); the exit status."""
 
 
 THREADS_HELP = ("CPU threads (default: every CPU this process may use; give 1 when other jobs share "

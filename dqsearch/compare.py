@@ -386,14 +386,15 @@ class StudyFrontMethod(MethodKind):
         return Method(m["name"], self.name, None, {}, {**opts, "storage": storage})
 
     def checkpoints(self, bench: Benchmark, method: Method, progress: bool) -> list[Path]:
-        from .study import load_study, summary, write_study_report
+        from .study import load_study, write_study_report
 
         if "target_latency" in method.options:
             _run_front_study(bench, method, progress)
         opt, config = load_study(method.options["study"], method.options["storage"])
-        # the search's own report beside the benchmark: validation front, progress and Pareto figures
-        write_study_report(opt, config, bench.output / f"search-{opt.study_name}")
-        front = sorted(summary(opt, config)["front"], key=lambda r: r["bpp"])
+        # the search's own report beside the benchmark (validation front, progress and Pareto
+        # figures); its summary is the front this method evaluates
+        report = write_study_report(opt, config, bench.output / f"search-{opt.study_name}")
+        front = sorted(report["front"], key=lambda r: r["bpp"])
         if not front:
             raise BenchmarkError(f"study {method.options['study']!r} has no feasible trial to compare yet")
         from .study import export_trial
