@@ -96,6 +96,11 @@ class MethodKind:
         """Write `out`, this method's model derived from FP32 `base` (resume what is there)."""
         raise NotImplementedError
 
+    def train_config(self, bench: Benchmark, method: Method, base: Path) -> TrainConfig | None:
+        """The training configuration `checkpoint` runs with (None: this kind does not train);
+        a cached checkpoint trained otherwise is refused rather than reused."""
+        return None
+
 
 METHOD_KINDS: dict[str, MethodKind] = {}
 
@@ -252,9 +257,41 @@ def method_checkpoint(bench: Benchmark, method: Method, base: Path, progress: bo
     with open(out.with_name(out.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if we are killed
         resumed = load_checkpoint(out, with_train_state=True) if out.exists() else None
-        if resumed is not None and resumed.meta.get("finished"):
-            return out
+        if resumed is not None:
+            _check_cached(out, resumed, method, method.handler.train_config(bench, method, base))
+            if resumed.meta.get("finished"):
+                return out
         return method.handler.checkpoint(bench, method, base, out, progress)
+
+
+def method_recipe(bench: Benchmark, method: Method, base: Path) -> TrainConfig:
+    """How a training kind trains `method` from FP32 `base`: the benchmark's `[train]` table, the
+    method's own training keys, and the base model's λ."""
+    lmbda = load_checkpoint(base).meta.get("lmbda", DEFAULT_LMBDA)
+    return TrainConfig.from_dict({**bench.train, **method.train, "lmbda": lmbda})
+
+
+#: TrainConfig fields that do not change the trained model (how often to save or log, where to run).
+_NOT_RECIPE = frozenset({"checkpoint_every", "log_every", "device", "compile"})
+
+
+def _check_cached(path: Path, cached, method: Method, wanted: TrainConfig | None) -> None:
+    """Refuse a cached checkpoint (finished or to be resumed) made with another policy or training
+    recipe than the method now asks: methods of one name share the cache across benchmark files,
+    and a changed `[train]` table must not silently reuse models trained the old way."""
+    diffs = []
+    if method.policy is not None and cached.policy is not None:
+        old, new = cached.policy.to_dict(), method.policy.to_dict()
+        diffs += [f"{k} {old.get(k)!r} → {v!r}" for k, v in new.items() if old.get(k) != v]
+    stored = (cached.train_state or {}).get("config") if cached.train_state else None
+    if wanted is not None and stored:
+        diffs += [f"{k} {stored[k]!r} → {v!r}" for k, v in vars(wanted).items()
+                  if k not in _NOT_RECIPE and k in stored and stored[k] != v]
+    if diffs:
+        raise BenchmarkError(
+            f"{path}: cached checkpoint of method {method.name!r} was made with another recipe "
+            f"({'; '.join(diffs)}); delete it to retrain, or give the method another name or the "
+            "benchmark another cache")
 
 
 def method_checkpoints(bench: Benchmark, method: Method, progress: bool) -> list[Path]:
@@ -311,6 +348,9 @@ class PTQMethod(MethodKind):
         config = TrainConfig.from_dict({**bench.train, **method.train, "lmbda": run.meta["lmbda"]})
         return model, state, run, config, CropSampler(list_images(bench.train_data), config.crop)
 
+    def train_config(self, bench: Benchmark, method: Method, base: Path) -> TrainConfig:
+        return method_recipe(bench, method, base)
+
     def checkpoint(self, bench: Benchmark, method: Method, base: Path, out: Path, progress: bool) -> Path:
         model, _, run, config, sampler = self._start(bench, method, base, out)
         gen = torch.Generator().manual_seed(config.seed)
@@ -347,6 +387,9 @@ class FMPQMethod(MethodKind):
         return Method(m["name"], self.name, None, _train_fields(m),
                       {**fm, "bits": m.get("candidates", list(FMPQ_BITS))})
 
+    def train_config(self, bench: Benchmark, method: Method, base: Path) -> TrainConfig:
+        return method_recipe(bench, method, base)
+
     def checkpoint(self, bench: Benchmark, method: Method, base: Path, out: Path, progress: bool) -> Path:
         from .fmpq import FMPQTarget, run_fmpq
         from .latency_term import parse_latency
@@ -355,8 +398,7 @@ class FMPQMethod(MethodKind):
         f = method.options
         latency = parse_latency(f["target_latency"]) if "target_latency" in f else None
         target = FMPQTarget(f.get("target_size"), latency, f.get("latency_table"))
-        config = TrainConfig.from_dict({**bench.train, **method.train,
-                                         "lmbda": fp.meta.get("lmbda", DEFAULT_LMBDA)})
+        config = self.train_config(bench, method, base)
         sampler = CropSampler(list_images(bench.train_data), config.crop)
         run_fmpq(fp, f["bits"], target, sampler, config, out, config.calibration_batches,
                  cache=bench.cache / "fmpq-sensitivity", progress=progress)

@@ -84,6 +84,20 @@ def test_rerun_reuses_checkpoints_and_results(study_file):
     assert ck.stat().st_mtime_ns == before
 
 
+def test_changed_recipe_refuses_the_cached_checkpoint(study_file):
+    """A method whose [train] table or policy changed must not reuse models trained the old way."""
+    changed = study_file.with_name("changed.toml")
+    changed.write_text(STUDY.replace("steps = 2\n", "steps = 2\nlr = 3e-4\n", 1))
+    with pytest.raises(BenchmarkError, match=r"q-dpa-8/a.pt.*lr 0.0001 → 0.0003"):
+        run_benchmark(Benchmark.load(changed), only=["Q (DPA-8)"], progress=False)
+    dpa = 'name = "Q (DPA-8)"\nbits = 8'
+    changed.write_text(STUDY.replace(dpa, dpa + '\nrounding = "ste"'))
+    with pytest.raises(BenchmarkError, match=r"rounding 'dgm' → 'ste'"):
+        run_benchmark(Benchmark.load(changed), only=["Q (DPA-8)"], progress=False)
+    study = Benchmark.load(study_file)  # the original recipe still reuses them
+    run_benchmark(study, only=["Q (DPA-8)"], progress=False)
+
+
 def test_remeasure_gives_every_saved_row_a_latency_from_this_run(study_file):
     """Rows saved without (or with another machine's) timings get measured again from their
     stored profiles: the quantized rows come out faster than FP32 on a bit-serial accelerator."""
