@@ -1,6 +1,7 @@
 """Does a DQ model's per-image precision pay? Profiles per image, their spread, and the ablation.
 
-For one checkpoint, on Kodak and on the validation split of the training photos (the split the
+For one checkpoint (a fixed-precision model too: its scores are the paired baseline, one
+profile by construction), on Kodak and on the validation split of the training photos (the split the
 studies use: `split_files(..., val_fraction, seed)`):
 
 - each image's profile as the selectors choose it at encode time, the number of distinct
@@ -196,8 +197,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     ck = load_checkpoint(resolve_checkpoint(args.checkpoint))
     model = ck.model.eval()
-    if not dynamic_layers(model):
-        raise SystemExit(f"{args.checkpoint} has no bit-width selectors (not a DQ model)")
+    if not quantized_layers(model):
+        raise SystemExit(f"{args.checkpoint} has no quantized layers (an FP32 model)")
+    if not dynamic_layers(model) and (args.headroom or args.train_path):
+        raise SystemExit(f"{args.checkpoint} has no bit-width selectors: --headroom and --train-path "
+                         "need a DQ model")
+    # A fixed-precision model (DPA-8, a static profile) gets the same PSNR/bpp/J on the same images:
+    # the paired baseline a recipe choice needs; it has one profile by construction.
     lmbda = float(ck.meta.get("lmbda") or 0.013)
     val = split_files(list_images(args.train_data), args.val_fraction, args.seed)[1]
     sets = {"kodak": list_images(args.kodak), "validation": val}
