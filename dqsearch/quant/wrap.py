@@ -16,9 +16,13 @@ from torch import Tensor, nn
 
 from ..units import FP32  # noqa: F401  (re-exported)
 from .autoregressive import patch_autoregressive
-from .blocks import QuantizedConv, from_float
+from .blocks import GRANULARITIES, QuantizedConv, from_float
 from .quantizer import check_bits
 from .selector import BitSelector, bits_loss, bits_per_image
+
+#: The transforms an int8 deployment runs with integer kernels (dqsearch export's `--arithmetic`
+#: applies to these; the hyper transforms are exact): where `quantize_outputs` puts output quantizers.
+INT8_TRANSFORMS = ("g_a.", "g_s.")
 
 # What a stored policy without these fields was trained with (before issue 15).
 LEGACY_DEFAULTS = {"fusion": "input-mix", "relaxation": "soft", "selector_features": "mean",
@@ -49,7 +53,13 @@ class QuantPolicy:
     first layer's output for all dynamic layers (DynaQuant eq. 7); it needs the first layer pinned,
     and pins it to the largest candidate when no pin is given. `fusion` / `relaxation` choose how a
     dynamic layer trains (see `blocks.py`); policies stored before they existed load with the
-    fusion they were trained with (`LEGACY_DEFAULTS`).
+    fusion they were trained with (`LEGACY_DEFAULTS`). `activation_granularity` is `channel`
+    (one learned (s, z) per input channel and bit-width, DPA as published; what policies stored
+    before the field existed were trained with) or `tensor` (one per tensor: the int8 ONNX export
+    then feeds QLinearConv exactly the fake-quantized input). Weights are per output channel
+    either way. `quantize_outputs` adds a learned per-tensor 8-bit quantizer on the output of
+    every analysis/synthesis conv (`g_a.*`, `g_s.*`) running at <= 8 bits: the requantization an
+    int8 kernel (QLinearConv) does, learned in QAT instead of calibrated at export.
     """
 
     mode: str = "fixed"
@@ -68,6 +78,8 @@ class QuantPolicy:
     selector_init_std: float = 0.01
     fusion: str = "output"
     relaxation: str = "st"
+    activation_granularity: str = "channel"  # input-activation (s, z): per channel or per tensor
+    quantize_outputs: bool = False  # learned uint8 output quantizers on g_a/g_s (int8 deployment)
     pin_first: int | None = None
     pin_last: int | None = None
     overrides: dict[str, LayerPolicy] = field(default_factory=dict)
@@ -75,6 +87,9 @@ class QuantPolicy:
     def __post_init__(self) -> None:
         self.bits = tuple(sorted(int(b) for b in self.bits))
         LayerPolicy(self.mode, self.bits if self.mode != "fp32" else ())
+        if self.activation_granularity not in GRANULARITIES:
+            raise ValueError(f"activation_granularity must be one of {GRANULARITIES}, "
+                             f"got {self.activation_granularity!r}")
         if self.selector not in ("per-layer", "global"):
             raise ValueError(f"selector must be 'per-layer' or 'global', got {self.selector!r}")
         self.overrides = {
@@ -157,7 +172,9 @@ def wrap(model: nn.Module, policy: QuantPolicy) -> nn.Module:
         block = from_float(conv, mode=lp.mode, candidates=lp.bits, quantizer=policy.quantizer,
                            quantizer_options=qopts, selector=policy.selector,
                            selector_options=sel_opts, fusion=policy.fusion,
-                           relaxation=policy.relaxation)
+                           relaxation=policy.relaxation,
+                           activation_granularity=policy.activation_granularity,
+                           quantize_output=policy.quantize_outputs and name.startswith(INT8_TRANSFORMS))
         _set_submodule(model, name, block)
     if policy.mode == "dynamic" and policy.selector == "global":
         _attach_global_selector(model, first, policy, sel_opts)
@@ -262,6 +279,9 @@ def calibrate(model: nn.Module, batches: Iterable[Tensor]) -> int:
             continue
         m.input_quantizer.observed_batches.zero_()
         hooks.append(m.register_forward_pre_hook(lambda mod, inp: mod.input_quantizer.observe(inp[0])))
+        if m.output_quantizer is not None:  # the FP32 output of the calibration pass
+            m.output_quantizer.observed_batches.zero_()
+            hooks.append(m.register_forward_hook(lambda mod, inp, out: mod.output_quantizer.observe(out)))
     was_training = model.training
     model.eval()
     n = 0
