@@ -28,6 +28,7 @@ from .cli_common import (  # noqa: E402
     backend_options,
     input_size,
     int_list,
+    transform_list,
 )
 from .threads import set_torch_threads  # noqa: E402  (imports torch lazily)
 
@@ -62,10 +63,11 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
                    help="input-activation quantizers: one learned (s, z) per input channel (DPA, "
                         "default) or one per tensor (what int8 kernels take: the int8 ONNX export "
                         "then quantizes conv inputs exactly as trained); weights stay per channel")
-    g.add_argument("--quantize-outputs", action="store_true",
-                   help="learn a per-tensor 8-bit quantizer on each g_a/g_s conv output at <= 8 bits "
-                        "(the uint8 requantization of an int8 kernel, trained instead of calibrated "
-                        "at export; with --activation-granularity tensor the int8 export is exact)")
+    g.add_argument("--quantize-outputs", type=transform_list, default=(), metavar="TRANSFORMS",
+                   help="g_s, g_a or g_a,g_s: learn a per-tensor 8-bit quantizer on each conv output "
+                        "of these transforms at <= 8 bits (the uint8 requantization of an int8 kernel, "
+                        "trained instead of calibrated at export; with --activation-granularity tensor "
+                        "--quantize-outputs g_s the int8 decoder computes the fake-quantized one)")
     g.add_argument("--selector", default="per-layer", choices=["per-layer", "global"])
     g.add_argument("--pin-first", type=int, help="bits of the first layer (32 = FP32)")
     g.add_argument("--pin-last", type=int, help="bits of the last layer (32 = FP32)")

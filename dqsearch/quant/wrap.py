@@ -21,8 +21,8 @@ from .quantizer import check_bits
 from .selector import BitSelector, bits_loss, bits_per_image
 
 #: The transforms an int8 deployment runs with integer kernels (dqsearch export's `--arithmetic`
-#: applies to these; the hyper transforms are exact): where `quantize_outputs` puts output quantizers.
-INT8_TRANSFORMS = ("g_a.", "g_s.")
+#: applies to these; the hyper transforms are exact): where `quantize_outputs` may put output quantizers.
+INT8_TRANSFORMS = ("g_a", "g_s")
 
 # What a stored policy without these fields was trained with (before issue 15).
 LEGACY_DEFAULTS = {"fusion": "input-mix", "relaxation": "soft", "selector_features": "mean",
@@ -57,9 +57,10 @@ class QuantPolicy:
     (one learned (s, z) per input channel and bit-width, DPA as published; what policies stored
     before the field existed were trained with) or `tensor` (one per tensor: the int8 ONNX export
     then feeds QLinearConv exactly the fake-quantized input). Weights are per output channel
-    either way. `quantize_outputs` adds a learned per-tensor 8-bit quantizer on the output of
-    every analysis/synthesis conv (`g_a.*`, `g_s.*`) running at <= 8 bits: the requantization an
-    int8 kernel (QLinearConv) does, learned in QAT instead of calibrated at export.
+    either way. `quantize_outputs` names transforms among `INT8_TRANSFORMS` (`("g_s",)`: the
+    decoder) whose convs get a learned per-tensor 8-bit quantizer on their output when they run at
+    <= 8 bits: the uint8 requantization an int8 kernel (QLinearConv) does, learned in QAT instead of
+    calibrated at export.
     """
 
     mode: str = "fixed"
@@ -79,7 +80,7 @@ class QuantPolicy:
     fusion: str = "output"
     relaxation: str = "st"
     activation_granularity: str = "channel"  # input-activation (s, z): per channel or per tensor
-    quantize_outputs: bool = False  # learned uint8 output quantizers on g_a/g_s (int8 deployment)
+    quantize_outputs: tuple[str, ...] = ()  # transforms (of INT8_TRANSFORMS) with output quantizers
     pin_first: int | None = None
     pin_last: int | None = None
     overrides: dict[str, LayerPolicy] = field(default_factory=dict)
@@ -90,6 +91,10 @@ class QuantPolicy:
         if self.activation_granularity not in GRANULARITIES:
             raise ValueError(f"activation_granularity must be one of {GRANULARITIES}, "
                              f"got {self.activation_granularity!r}")
+        self.quantize_outputs = tuple(str(t) for t in self.quantize_outputs)
+        if not set(self.quantize_outputs) <= set(INT8_TRANSFORMS):
+            raise ValueError(f"quantize_outputs names transforms among {list(INT8_TRANSFORMS)}, "
+                             f"got {list(self.quantize_outputs)}")
         if self.selector not in ("per-layer", "global"):
             raise ValueError(f"selector must be 'per-layer' or 'global', got {self.selector!r}")
         self.overrides = {
@@ -108,6 +113,7 @@ class QuantPolicy:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["bits"] = list(self.bits)
+        d["quantize_outputs"] = list(self.quantize_outputs)
         d["overrides"] = {k: {"mode": v.mode, "bits": list(v.bits)} for k, v in self.overrides.items()}
         return d
 
@@ -174,7 +180,7 @@ def wrap(model: nn.Module, policy: QuantPolicy) -> nn.Module:
                            selector_options=sel_opts, fusion=policy.fusion,
                            relaxation=policy.relaxation,
                            activation_granularity=policy.activation_granularity,
-                           quantize_output=policy.quantize_outputs and name.startswith(INT8_TRANSFORMS))
+                           quantize_output=name.split(".")[0] in policy.quantize_outputs)
         _set_submodule(model, name, block)
     if policy.mode == "dynamic" and policy.selector == "global":
         _attach_global_selector(model, first, policy, sel_opts)

@@ -83,28 +83,38 @@ def test_cli_and_study_files_declare_the_options(tmp_path):
     from dqsearch.compare import Benchmark
 
     args = build_parser().parse_args(["train", "-o", "x.pt", "--bits", "8", "--activation-granularity",
-                                      "tensor", "--quantize-outputs"])
+                                      "tensor", "--quantize-outputs", "g_s"])
     policy = policy_from_args(args)
-    assert policy.activation_granularity == "tensor" and policy.quantize_outputs
+    assert policy.activation_granularity == "tensor" and policy.quantize_outputs == ("g_s",)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "-o", "x.pt", "--bits", "8", "--quantize-outputs", "h_s"])
     default = policy_from_args(build_parser().parse_args(["train", "-o", "x.pt", "--bits", "8"]))
-    assert default.activation_granularity == "channel" and not default.quantize_outputs
+    assert default.activation_granularity == "channel" and default.quantize_outputs == ()
     study = tmp_path / "s.toml"
     study.write_text('name = "s"\ndataset = "."\nfamily = ["a.pt"]\noutput = "out"\n'
                      '[[methods]]\nname = "Q8 per tensor"\nbits = 8\nactivation_granularity = "tensor"\n'
-                     'quantize_outputs = true\n')
+                     'quantize_outputs = ["g_a", "g_s"]\n')
     (method,) = Benchmark.load(study).methods
-    assert method.policy.activation_granularity == "tensor" and method.policy.quantize_outputs
+    assert method.policy.activation_granularity == "tensor"
+    assert method.policy.quantize_outputs == ("g_a", "g_s")
 
 
 def test_output_quantizers_only_where_int8_kernels_run(small_image):
     torch.manual_seed(0)
-    policy = QuantPolicy.fixed(8, activation_granularity="tensor", quantize_outputs=True,
+    policy = QuantPolicy.fixed(8, activation_granularity="tensor", quantize_outputs=["g_a", "g_s"],
                                overrides={"g_s.2": {"mode": "fixed", "bits": [10]}})
+    assert QuantPolicy.from_dict(policy.to_dict()) == policy
     model = wrap(build_model("bmshj2018-hyperprior", N=16, M=24), policy)
     calibrate(model, [small_image])
     layers = quantized_layers(model)
     with_out = {n for n, m in layers.items() if m.output_quantizer is not None}
     assert with_out == {n for n in layers if n[:4] in ("g_a.", "g_s.") and n != "g_s.2"}
+    decoder_only = wrap(build_model("bmshj2018-hyperprior", N=16, M=24),
+                        QuantPolicy.fixed(8, quantize_outputs=("g_s",)))
+    assert {n for n, m in quantized_layers(decoder_only).items() if m.output_quantizer is not None} \
+        == {n for n in layers if n.startswith("g_s.")}
+    with pytest.raises(ValueError, match="quantize_outputs"):
+        QuantPolicy.fixed(8, quantize_outputs=("h_s",))
     oq = layers["g_a.0"].output_quantizer
     assert oq.per_tensor and oq.calibrated and oq.bits == (8,)
     with torch.no_grad():  # g_a.0's output lands on its learned uint8 grid
