@@ -140,6 +140,28 @@ def main() -> None:
             s1 = {"bpp": pair[1]["results"]["bpp"][0], "psnr": pair[1]["results"]["psnr-rgb"][0]}
             seeds[tag] = {"seed0": s0, "seed1": s1}
 
+    unit = _load(runs / "deploy_quality_q3-dpa8-tensor-s0-unit.json")
+    unit_range = None if unit is None else {
+        "what": "per-tensor q3 seed 0 (no output quantizers), g_s.6 requantized over [0, 1] instead of "
+                "its calibrated range",
+        "commands": ["python benchmarks/int8_unit_output_range.py RUNS/exports/q3-dpa8-tensor-s0-int8 "
+                     "RUNS/exports/q3-dpa8-tensor-s0-int8-unit",
+                     "python benchmarks/deploy_quality.py --checkpoint RUNS/q3-dpa8-tensor-s0.pt --dataset "
+                     "../shared/data/kodak --exports int8-unit=RUNS/exports/q3-dpa8-tensor-s0-int8-unit "
+                     "-o RUNS/deploy_quality_q3-dpa8-tensor-s0-unit.json"],
+        "mean_delta_db": unit["deltas"]["int8-unit"]["torch_file_mean_db"],
+        "worst_delta_db": unit["deltas"]["int8-unit"]["torch_file_worst_db"]}
+
+    longer = _load(runs / "eval-q3-1000.json")
+    longer_qat = None if longer is None else {
+        "what": "λ 0.013 seed 0, 1000 QAT steps instead of 300 (else the same): per channel, "
+                "per tensor + g_s outputs",
+        "command": "dqsearch train ... --steps 1000 ... ; dqsearch eval --checkpoint "
+                   "RUNS/q3-dpa8-channel-s0-1000.pt RUNS/q3-dpa8-tensor-out-g_s-s0-1000.pt "
+                   "--dataset ../shared/data/kodak --threads 1 -o RUNS/eval-q3-1000.json",
+        "points": [{"checkpoint": Path(p["checkpoint"]).name, "bpp": p["mean"]["bpp"],
+                    "psnr": p["mean"]["psnr"]} for p in longer["points"]]}
+
     speed = _load(runs / "deploy_speed_per_tensor.json")
     speed_rows = None
     if speed is not None:
@@ -158,7 +180,9 @@ def main() -> None:
         "runs": "RUNS = " + str(runs) + " (checkpoints and exports outside the repository)",
         "lambdas": LAMBDAS, "commands": commands,
         "deploy_quality": quality, "fake_quantized_rd": fake, "deployed_int8_decoder_rd": deployed,
-        "bd_rate_pchip": bd, "seed_pairs_q3": seeds, "speed": speed_rows})
+        "bd_rate_pchip": bd, "seed_pairs_q3": seeds, "experiment_last_layer_unit_range": unit_range,
+        "longer_qat_q3": longer_qat,
+        "speed": speed_rows})
     print(json.dumps({"bd": bd, "seeds": seeds}, indent=1))
     for k, v in quality.items():
         print(f"{k:32s} torch {v['torch_bpp']:.4f} bpp {v['torch_psnr']:.3f} dB  int8 mean "
