@@ -91,6 +91,9 @@ def main() -> None:
     ap.add_argument("--mixed",
                     help="mixed-precision checkpoint (dynamic: the selectors' profile for --image)")
     ap.add_argument("--mixed-bits", help="force this profile on --mixed (comma-separated, layer order)")
+    ap.add_argument("--also", action="append", default=[], metavar="NAME=CHECKPOINT",
+                    help="another fixed-precision checkpoint timed as its default int8 export, as "
+                         "variant NAME (e.g. a per-tensor twin of --checkpoint); repeatable")
     ap.add_argument("--image", required=True, help="a 768x512 image (Kodak)")
     ap.add_argument("--backend", default="ort-cpu")
     ap.add_argument("--threads", type=int, default=1)
@@ -122,6 +125,14 @@ def main() -> None:
         if args.mixed_bits:  # a forced profile (comma-separated, in layer order) instead
             pm = dict(zip(pm, (int(b) for b in args.mixed_bits.split(",")), strict=True))
         variants["mixed"] = (mk.model, mk, pm, "int8", True, "exact")
+
+    for spec in args.also:
+        name, _, path = spec.partition("=")
+        if not path or name in variants:
+            ap.error(f"--also needs NAME=CHECKPOINT with a new NAME, got {spec!r}")
+        ak = load_checkpoint(path)
+        pa = {n: m.candidates[0] for n, m in quantized_layers(ak.model).items()}
+        variants[name] = (ak.model.eval(), ak, pa, "int8", True, "exact")
 
     built, feeds, info = {}, {}, {}
     for name, (m, c, prof, arith, sub, weights) in variants.items():

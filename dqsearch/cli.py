@@ -28,6 +28,7 @@ from .cli_common import (  # noqa: E402
     backend_options,
     input_size,
     int_list,
+    transform_list,
 )
 from .threads import set_torch_threads  # noqa: E402  (imports torch lazily)
 
@@ -58,6 +59,15 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-learn-scale", action="store_true", help="freeze s (ablation)")
     g.add_argument("--no-learn-zero-point", action="store_true", help="freeze z (ablation)")
     g.add_argument("--percentile", type=float, help="calibrate ranges at this percentile, e.g. 99.99")
+    g.add_argument("--activation-granularity", default="channel", choices=["channel", "tensor"],
+                   help="input-activation quantizers: one learned (s, z) per input channel (DPA, "
+                        "default) or one per tensor (what int8 kernels take: the int8 ONNX export "
+                        "then quantizes conv inputs exactly as trained); weights stay per channel")
+    g.add_argument("--quantize-outputs", type=transform_list, default=(), metavar="TRANSFORMS",
+                   help="g_s, g_a or g_a,g_s: learn a per-tensor 8-bit quantizer on each conv output "
+                        "of these transforms at <= 8 bits (the uint8 requantization of an int8 kernel, "
+                        "trained instead of calibrated at export; with --activation-granularity tensor "
+                        "--quantize-outputs g_s the int8 decoder computes the fake-quantized one)")
     g.add_argument("--selector", default="per-layer", choices=["per-layer", "global"])
     g.add_argument("--pin-first", type=int, help="bits of the first layer (32 = FP32)")
     g.add_argument("--pin-last", type=int, help="bits of the last layer (32 = FP32)")
@@ -79,7 +89,8 @@ def policy_from_args(args: argparse.Namespace):
     common = dict(quantizer=args.quantizer, rounding=args.rounding, beta=args.beta,
                   learn_scale=not args.no_learn_scale, learn_zero_point=not args.no_learn_zero_point,
                   percentile=args.percentile, selector=args.selector, pin_first=args.pin_first,
-                  pin_last=args.pin_last)
+                  pin_last=args.pin_last, activation_granularity=args.activation_granularity,
+                  quantize_outputs=args.quantize_outputs)
     if args.candidates is not None:
         common.update(fusion=args.fusion, relaxation=args.relaxation,
                       selector_features=args.selector_features)

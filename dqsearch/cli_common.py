@@ -75,6 +75,16 @@ def int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def transform_list(text: str) -> tuple[str, ...]:
+    """`g_a,g_s` → ("g_a", "g_s"): the int8-deployable transforms (`--quantize-outputs`)."""
+    values = tuple(v for v in text.replace(" ", "").split(",") if v)
+    allowed = ("g_a", "g_s")  # dqsearch.quant.wrap.INT8_TRANSFORMS (not imported: torch-free)
+    if not values or not set(values) <= set(allowed):
+        raise argparse.ArgumentTypeError(f"expected transforms among {', '.join(allowed)} "
+                                         f"(comma-separated), got {text!r}")
+    return values
+
+
 def bit_sets(text: str) -> list[list[int]]:
     """`4,6,8;6,8,10` → [[4, 6, 8], [6, 8, 10]]: candidate sets, each an `int_list`, sorted."""
     try:

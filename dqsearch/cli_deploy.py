@@ -106,8 +106,10 @@ class Export(Command):
         # the export options: None means the default of deploy.artifact.Options (defined there)
         p.add_argument("--arithmetic", metavar="MODE",
                        choices=RegistryChoices("dqsearch.deploy.artifact", "ARITHMETICS"),
-                       help="g_a/g_s: int8 (default) = QLinearConv (fast, per-tensor activations), "
-                            "exact = the learned per-channel QDQ with float convs (slow, bit-faithful)")
+                       help="g_a/g_s: int8 (default) = QLinearConv (fast, per-tensor activations: "
+                            "exact for a model trained with --activation-granularity tensor "
+                            "--quantize-outputs, an approximation otherwise), exact = the learned QDQ "
+                            "with float convs (slow, bit-faithful)")
         p.add_argument("--hyper", metavar="MODE",
                        choices=RegistryChoices("dqsearch.deploy.artifact", "HYPER"),
                        help="entropy parameters: integer-only h_s (default; bit-exact across machines "

@@ -4,7 +4,9 @@ Everything a deployment backend needs is read here once, with the exact arithmet
 `fake_quantize` (|s| clamped at 1e-8, z rounded half-to-even, clip to [0, 2^b - 1]), so that an
 exported layer computes what the fake-quantized PyTorch layer computes: weights are the learned
 integers q in [0, 2^b - 1] with per-output-channel (s_w, z_w); input activations have per-input-channel
-(s_x, z_x).
+(s_x, z_x). A per-tensor activation quantizer (`activation_granularity="tensor"`) is read as the
+same arrays with every channel's (s_x, z_x) equal (`LayerQuant.x_per_tensor`), so every consumer
+works unchanged and the int8 export can take that one pair as QLinearConv's input quantizer.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..quant.blocks import QuantizedConv
+from ..quant.blocks import OUTPUT_BITS, QuantizedConv
 from ..quant.wrap import FP32, conv_layers, quantized_layers
 from ..units import container_of
 
@@ -41,6 +43,8 @@ class LayerQuant:
     w_zero: np.ndarray | None = None  # per output channel, int32
     x_scale: np.ndarray | None = None  # per input channel, float32
     x_zero: np.ndarray | None = None  # per input channel, int32
+    y_scale: float | None = None  # a learned uint8 output quantizer (`quantize_outputs`), if any
+    y_zero: int | None = None
 
     @property
     def container(self) -> str:
@@ -58,6 +62,13 @@ class LayerQuant:
     @property
     def qmax(self) -> int:
         return 2**self.bits - 1
+
+    @property
+    def x_per_tensor(self) -> bool:
+        """Whether the input activation has one (s_x, z_x) for every channel (a per-tensor quantizer,
+        which an int8 kernel takes as it is)."""
+        return (self.x_scale is not None and bool(np.all(self.x_scale == self.x_scale[0]))
+                and bool(np.all(self.x_zero == self.x_zero[0])))
 
 
 def _quant_params(q: nn.Module, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,6 +104,15 @@ def layer_quant(name: str, m: QuantizedConv, bits: int) -> LayerQuant:
     q = torch.round(torch.clamp(w / sw.view(shape) + zr, 0.0, qmax))
     w_fq = sw.view(shape) * (q - zr)  # the same float32 operations as fake_quantize
     sx, zx = _quant_params(m.input_quantizer, bits)
+    channels = m.in_channels
+    if sx.numel() == 1 and channels != 1:  # a per-tensor quantizer: the same pair for every channel
+        sx, zx = sx.expand(channels).contiguous(), zx.expand(channels).contiguous()
+    out_q = m.output_quantizer if bits <= OUTPUT_BITS else None
+    if out_q is not None:
+        sy, zy = _quant_params(out_q, OUTPUT_BITS)
+        if not 0 <= float(zy) <= 2**OUTPUT_BITS - 1:
+            raise ValueError(f"layer {name}: learned output zero-point {float(zy)} is outside uint8")
+        common.update(y_scale=float(sy), y_zero=int(zy))
     return LayerQuant(weight=w_fq.numpy().copy(), w_int=q.numpy().astype(np.int32),
                       w_scale=sw.numpy().copy(), w_zero=zw.numpy().astype(np.int32),
                       x_scale=sx.numpy().copy(), x_zero=zx.numpy().astype(np.int32), **common)

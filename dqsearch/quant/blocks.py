@@ -29,6 +29,10 @@ from .selector import RELAXATIONS, BitSelector, relaxed_sample
 
 MODES = ("fp32", "fixed", "dynamic")
 FUSIONS = ("output", "input-mix")
+#: Input-activation quantizer granularity: one (s, z) per input channel (DynaQuant's DPA) or one
+#: per tensor (what int8 kernels take). Weights are always per output channel.
+GRANULARITIES = ("channel", "tensor")
+OUTPUT_BITS = 8  # a learned output quantizer's width: the uint8 output of QLinearConv
 
 
 class QuantizedConv:
@@ -47,7 +51,12 @@ class QuantizedConv:
         selector_options: dict | None = None,
         fusion: str = "output",
         relaxation: str = "st",
+        activation_granularity: str = "channel",
+        quantize_output: bool = False,
     ) -> None:
+        if activation_granularity not in GRANULARITIES:
+            raise ValueError(f"activation_granularity must be one of {GRANULARITIES}, "
+                             f"got {activation_granularity!r}")
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         if relaxation not in RELAXATIONS:
@@ -70,6 +79,7 @@ class QuantizedConv:
         self.last_probs: Tensor | None = None  # selector probabilities p (L_bits, E[T])
         self.last_weights: Tensor | None = None  # fusion weights w of the last forward
         self.last_bits: Tensor | None = None
+        self.output_quantizer: nn.Module | None = None
         if mode == "fp32":
             return
         opts = dict(quantizer_options or {})
@@ -78,7 +88,18 @@ class QuantizedConv:
         weight_opts = {**opts, "track": True} if quantizer == "minmax" else opts
         self.weight_quantizer = cls(self.weight.shape[wdim], wdim, self.candidates,
                                     ndim=self.weight.dim(), **weight_opts)
-        self.input_quantizer = cls(self.in_channels, 1, self.candidates, ndim=4, **opts)
+        act_channels = self.in_channels if activation_granularity == "channel" else 1
+        self.input_quantizer = cls(act_channels, 1, self.candidates, ndim=4, **opts)
+        # What an int8 kernel writes: its output requantized to uint8 with one (s, z) per tensor.
+        # Learned like the input's; it quantizes the output of the candidates that run in int8
+        # (<= 8 bits), wider ones keep a float output as their deployment (int16 QDQ) does.
+        if quantize_output:
+            if quantizer != "dpa":
+                raise ValueError("learned output quantizers need the dpa quantizer")
+            if mode == "dynamic" and fusion == "input-mix":
+                raise ValueError("learned output quantizers need the output fusion")
+            if min(self.candidates) <= OUTPUT_BITS:
+                self.output_quantizer = cls(1, 1, (OUTPUT_BITS,), ndim=4, **opts)
         with torch.no_grad():
             self.weight_quantizer.observe(self._effective_weight())
         if mode == "dynamic" and selector == "per-layer":
@@ -91,7 +112,13 @@ class QuantizedConv:
 
     def _quantized(self, x: Tensor, bits: int) -> Tensor:
         w = self.weight_quantizer(self._effective_weight(), bits)
-        return self._conv(self.input_quantizer(x, bits), w, self.bias)
+        return self._output(self._conv(self.input_quantizer(x, bits), w, self.bias), bits)
+
+    def _output(self, y: Tensor, bits: int) -> Tensor:
+        """The conv output as the int8 kernel writes it (with a learned output quantizer)."""
+        if self.output_quantizer is None or bits > OUTPUT_BITS:
+            return y
+        return self.output_quantizer(y, OUTPUT_BITS)
 
     def _selection(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(fusion weights w, probabilities p), each [batch, K]."""
@@ -179,14 +206,15 @@ class QuantizedConv:
             wq = self.weight_quantizer(w_eff, b) if len(sel) or need_all else None
             if len(sel):
                 xs = x if len(sel) == batch else x[sel]
-                pieces.append(self._conv(self.input_quantizer(xs, b), wq, self.bias))
+                pieces.append(self._output(self._conv(self.input_quantizer(xs, b), wq, self.bias), b))
                 order.append(sel)
             rest = (idx != k).nonzero().flatten()
             if need_all and len(rest):
                 with torch.no_grad():
                     xr = x.detach() if len(rest) == batch else x.detach()[rest]
                     bias = self.bias.detach() if self.bias is not None else None
-                    others.append((k, rest, self._conv(self.input_quantizer(xr, b), wq.detach(), bias)))
+                    yr = self._output(self._conv(self.input_quantizer(xr, b), wq.detach(), bias), b)
+                    others.append((k, rest, yr))
         if len(pieces) == 1:
             y = pieces[0]
         else:

@@ -2,6 +2,9 @@
 
 One quantizer instance serves every candidate bit-width of its layer: it holds one (s, z) pair per
 bit-width, so a mixture over {6, 8, 10} trains three sets of parameters that share calibration.
+A quantizer built with `num_channels=1` is per *tensor*: one (s, z) per bit-width, calibrated on
+the whole tensor, broadcast over every channel (`QuantPolicy.activation_granularity="tensor"`:
+what an int8 kernel such as ONNX Runtime's QLinearConv takes for its input).
 """
 
 from __future__ import annotations
@@ -136,10 +139,19 @@ class ChannelQuantizer(nn.Module):
     def calibrated(self) -> bool:
         return bool(self.observed_batches > 0)
 
+    @property
+    def per_tensor(self) -> bool:
+        """One (s, z) for the whole tensor (a single channel slot)."""
+        return self.num_channels == 1
+
     @torch.no_grad()
     def observe(self, x: Tensor) -> None:
-        """Fold one calibration batch into the range: running min/max, or mean of percentiles."""
-        lo, hi = channel_range(x, self.channel_dim, self.percentile)
+        """Fold one calibration batch into the range: running min/max, or mean of percentiles
+        (per channel, or over the whole tensor for a per-tensor quantizer)."""
+        if self.per_tensor and x.shape[self.channel_dim] != 1:
+            lo, hi = channel_range(x.reshape(1, -1), 0, self.percentile)
+        else:
+            lo, hi = channel_range(x, self.channel_dim, self.percentile)
         n = int(self.observed_batches)
         if n == 0:
             self.range_low.copy_(lo)
@@ -161,7 +173,8 @@ class ChannelQuantizer(nn.Module):
             raise KeyError(f"this quantizer serves bit-widths {list(self.bits)}, not {bits}")
 
     def extra_repr(self) -> str:
-        return f"channels={self.num_channels}, dim={self.channel_dim}, bits={list(self.bits)}"
+        what = "per-tensor" if self.per_tensor else f"channels={self.num_channels}"
+        return f"{what}, dim={self.channel_dim}, bits={list(self.bits)}"
 
 
 class LearnableQuantizer(ChannelQuantizer):

@@ -16,9 +16,13 @@ from torch import Tensor, nn
 
 from ..units import FP32  # noqa: F401  (re-exported)
 from .autoregressive import patch_autoregressive
-from .blocks import QuantizedConv, from_float
+from .blocks import GRANULARITIES, QuantizedConv, from_float
 from .quantizer import check_bits
 from .selector import BitSelector, bits_loss, bits_per_image
+
+#: The transforms an int8 deployment runs with integer kernels (dqsearch export's `--arithmetic`
+#: applies to these; the hyper transforms are exact): where `quantize_outputs` may put output quantizers.
+INT8_TRANSFORMS = ("g_a", "g_s")
 
 # What a stored policy without these fields was trained with (before issue 15).
 LEGACY_DEFAULTS = {"fusion": "input-mix", "relaxation": "soft", "selector_features": "mean",
@@ -49,7 +53,14 @@ class QuantPolicy:
     first layer's output for all dynamic layers (DynaQuant eq. 7); it needs the first layer pinned,
     and pins it to the largest candidate when no pin is given. `fusion` / `relaxation` choose how a
     dynamic layer trains (see `blocks.py`); policies stored before they existed load with the
-    fusion they were trained with (`LEGACY_DEFAULTS`).
+    fusion they were trained with (`LEGACY_DEFAULTS`). `activation_granularity` is `channel`
+    (one learned (s, z) per input channel and bit-width, DPA as published; what policies stored
+    before the field existed were trained with) or `tensor` (one per tensor: the int8 ONNX export
+    then feeds QLinearConv exactly the fake-quantized input). Weights are per output channel
+    either way. `quantize_outputs` names transforms among `INT8_TRANSFORMS` (`("g_s",)`: the
+    decoder) whose convs get a learned per-tensor 8-bit quantizer on their output when they run at
+    <= 8 bits: the uint8 requantization an int8 kernel (QLinearConv) does, learned in QAT instead of
+    calibrated at export.
     """
 
     mode: str = "fixed"
@@ -68,6 +79,8 @@ class QuantPolicy:
     selector_init_std: float = 0.01
     fusion: str = "output"
     relaxation: str = "st"
+    activation_granularity: str = "channel"  # input-activation (s, z): per channel or per tensor
+    quantize_outputs: tuple[str, ...] = ()  # transforms (of INT8_TRANSFORMS) with output quantizers
     pin_first: int | None = None
     pin_last: int | None = None
     overrides: dict[str, LayerPolicy] = field(default_factory=dict)
@@ -75,6 +88,13 @@ class QuantPolicy:
     def __post_init__(self) -> None:
         self.bits = tuple(sorted(int(b) for b in self.bits))
         LayerPolicy(self.mode, self.bits if self.mode != "fp32" else ())
+        if self.activation_granularity not in GRANULARITIES:
+            raise ValueError(f"activation_granularity must be one of {GRANULARITIES}, "
+                             f"got {self.activation_granularity!r}")
+        self.quantize_outputs = tuple(str(t) for t in self.quantize_outputs)
+        if not set(self.quantize_outputs) <= set(INT8_TRANSFORMS):
+            raise ValueError(f"quantize_outputs names transforms among {list(INT8_TRANSFORMS)}, "
+                             f"got {list(self.quantize_outputs)}")
         if self.selector not in ("per-layer", "global"):
             raise ValueError(f"selector must be 'per-layer' or 'global', got {self.selector!r}")
         self.overrides = {
@@ -93,6 +113,7 @@ class QuantPolicy:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["bits"] = list(self.bits)
+        d["quantize_outputs"] = list(self.quantize_outputs)
         d["overrides"] = {k: {"mode": v.mode, "bits": list(v.bits)} for k, v in self.overrides.items()}
         return d
 
@@ -157,7 +178,9 @@ def wrap(model: nn.Module, policy: QuantPolicy) -> nn.Module:
         block = from_float(conv, mode=lp.mode, candidates=lp.bits, quantizer=policy.quantizer,
                            quantizer_options=qopts, selector=policy.selector,
                            selector_options=sel_opts, fusion=policy.fusion,
-                           relaxation=policy.relaxation)
+                           relaxation=policy.relaxation,
+                           activation_granularity=policy.activation_granularity,
+                           quantize_output=name.split(".")[0] in policy.quantize_outputs)
         _set_submodule(model, name, block)
     if policy.mode == "dynamic" and policy.selector == "global":
         _attach_global_selector(model, first, policy, sel_opts)
@@ -262,6 +285,9 @@ def calibrate(model: nn.Module, batches: Iterable[Tensor]) -> int:
             continue
         m.input_quantizer.observed_batches.zero_()
         hooks.append(m.register_forward_pre_hook(lambda mod, inp: mod.input_quantizer.observe(inp[0])))
+        if m.output_quantizer is not None:  # the FP32 output of the calibration pass
+            m.output_quantizer.observed_batches.zero_()
+            hooks.append(m.register_forward_hook(lambda mod, inp, out: mod.output_quantizer.observe(out)))
     was_training = model.training
     model.eval()
     n = 0

@@ -8,11 +8,13 @@ Two arithmetics per quantized layer (see docs/deploy.md for why both exist):
   2^b - 1 inside the container, weights the learned integers with per-channel (s_w, z_w), a float
   Conv in between. This is the fake-quantized layer, operation for operation; ONNX Runtime runs
   it as dequantize + fp32 Conv (no integer kernel takes per-channel activation scales).
-* ``int8`` — what ONNX Runtime's QLinearConv accepts: one activation scale per tensor (the union
+* ``int8`` — what ONNX Runtime's QLinearConv accepts: one activation scale per tensor (a model
+  trained with per-tensor activation quantizers: its learned (s_x, z_x), exact; otherwise the union
   of the learned per-channel clipping ranges at 255 levels), the learned integer weights in int8
   (zero-point 0 where q - z_w fits, the learned one otherwise), an int32 bias and an output
-  requantization whose range comes from calibration (the trained model has no quantizer there).
-  Faster, not exact.
+  requantization to uint8: the model's learned output quantizer where it has one (QuantPolicy
+  `quantize_outputs`), else a range from calibration. Faster; exact for a model trained with
+  per-tensor activations and output quantizers, an approximation otherwise.
 
 16-bit layers always use ``exact`` (the CPU provider has no 16-bit kernels; see FIELD-NOTES).
 """
@@ -119,6 +121,15 @@ def union_range(lq: LayerQuant) -> tuple[float, float]:
     return min(float(lo.min()), 0.0), max(float(hi.max()), 0.0)
 
 
+def input_params(lq: LayerQuant) -> tuple[float, int]:
+    """QLinearConv's input (scale, zero-point): the learned pair itself for a per-tensor quantizer
+    (the int8 input is then exactly the fake-quantized one), else the union of the learned
+    per-channel clipping ranges at 255 levels (an approximation)."""
+    if lq.x_per_tensor:
+        return float(lq.x_scale[0]), int(lq.x_zero[0])
+    return u8_params(*union_range(lq))
+
+
 def u8_params(lo: float, hi: float) -> tuple[float, int]:
     """(scale, zero-point) of an asymmetric uint8 quantizer over [lo, hi] (which holds zero)."""
     lo, hi = min(lo, 0.0), max(hi, 0.0)
@@ -150,10 +161,15 @@ def int8_weights(lq: LayerQuant, mode: str = "exact") -> tuple[np.ndarray, np.nd
     return stored.astype(np.int8), zero.astype(np.int8)
 
 
-def _int8(b: _Builder, lq: LayerQuant, x: str, conv: onnx.NodeProto, out_range: tuple[float, float],
-          weights: str = "exact") -> tuple[list[str], tuple[float, int]]:
-    sx, zx = u8_params(*union_range(lq))
+def _int8(b: _Builder, lq: LayerQuant, x: str, conv: onnx.NodeProto,
+          out_range: tuple[float, float] | None, weights: str = "exact"
+          ) -> tuple[list[str], tuple[float, int]]:
+    sx, zx = input_params(lq)
     xs, xz = b.init("x.scale", np.array(sx, np.float32)), b.init("x.zero", np.array(zx, np.uint8))
+    if lq.x_per_tensor and lq.qmax < 255:  # clip to 2^b - 1 inside the uint8 container (the lower
+        # bound, code 0, is QuantizeLinear's own saturation); on the float input, before the Q
+        hi = (np.float32(lq.qmax) - np.float32(zx)) * np.float32(sx)
+        x = b.node("Min", [x, b.init("x.hi", np.array(hi, np.float32))], "x.min")
     xd = b.node("DequantizeLinear", [b.node("QuantizeLinear", [x, xs, xz], "x.q"), xs, xz], "x.dq")
     wq, wz = int8_weights(lq, weights)
     ws = b.init("w.scale", lq.w_scale.astype(np.float32))
@@ -168,6 +184,8 @@ def _int8(b: _Builder, lq: LayerQuant, x: str, conv: onnx.NodeProto, out_range: 
             bq = np.clip(np.round(lq.bias / bs), -(2**31), 2**31 - 1).astype(np.int32)
             inputs.append(b.node("DequantizeLinear", [b.init("b.q", bq), b.init("b.scale", bs),
                                                       b.init("b.zero", np.zeros_like(bq))], "b.dq", axis=0))
+    if lq.y_scale is not None:  # a learned output quantizer: the model's own requantization
+        return inputs, (lq.y_scale, lq.y_zero)
     return inputs, u8_params(*out_range)
 
 
@@ -198,12 +216,15 @@ def quantize_graph(model: onnx.ModelProto, convs: Mapping[str, tuple[str, LayerQ
         b = _Builder(f"{layer}@")
         y = node.output[0]
         if arithmetic == "int8" and lq.container == "int8":
-            if out_ranges is None or layer not in out_ranges:
+            if lq.y_scale is None and (out_ranges is None or layer not in out_ranges):
                 raise ValueError(f"int8 arithmetic needs the calibrated output range of {layer}")
-            inputs, (so, zo) = _int8(b, lq, node.input[0], node, out_ranges[layer], weights)
+            inputs, (so, zo) = _int8(b, lq, node.input[0], node, out_ranges and out_ranges.get(layer),
+                                     weights)
             conv_out = f"{layer}@y"
         else:
             inputs, conv_out = _exact(b, lq, node.input[0], node), y
+            if lq.y_scale is not None:  # the model quantizes this output: so does its exact graph
+                (so, zo), conv_out = (lq.y_scale, lq.y_zero), f"{layer}@y"
         conv = helper.make_node(node.op_type, inputs, [conv_out], name=f"{layer}@conv")
         conv.attribute.extend(node.attribute)
         b.nodes.append(conv)
