@@ -102,7 +102,10 @@ class TorchInt8Synthesis(torch.nn.Module):
                 torch.from_numpy(w_scale[order]), torch.zeros(o, dtype=torch.long), 0)
             q = QConv2d(c, o, wq.shape[2], padding=pads[0])
             q.set_weight_bias(qw, None if conv.bias is None else torch.from_numpy(conv.bias[order].copy()))
-            q.scale, q.zero_point = u8_params(*ranges[name])
+            # a learned output quantizer (--quantize-outputs g_s) where the model has one, else the
+            # range calibrated for the export
+            q.scale, q.zero_point = ((lq.y_scale, lq.y_zero) if lq.y_scale is not None
+                                     else u8_params(*ranges[name]))
             self.convs.append(q)
             self.in_q.append(u8_params(*union_range(lq)))
         self.igdn = []
