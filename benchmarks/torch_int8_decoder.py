@@ -28,11 +28,12 @@ import argparse
 import os
 import statistics
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from dqsearch_ort.deployment import session, transform_graph
-from dqsearch_ort.onnx_graph import u8_params, union_range
+from dqsearch_ort.onnx_graph import input_params, u8_params
 from torch.ao.nn.quantized import Conv2d as QConv2d
 
 from dqsearch.atomic import write_json
@@ -107,7 +108,7 @@ class TorchInt8Synthesis(torch.nn.Module):
             q.scale, q.zero_point = ((lq.y_scale, lq.y_zero) if lq.y_scale is not None
                                      else u8_params(*ranges[name]))
             self.convs.append(q)
-            self.in_q.append(u8_params(*union_range(lq)))
+            self.in_q.append(input_params(lq))  # as the int8 export quantizes it
         self.igdn = []
         for m in model.g_s:
             if m.__class__.__name__ == "GDN":
@@ -190,6 +191,26 @@ class TorchInt8Synthesis(torch.nn.Module):
         return torch._make_per_tensor_quantized_tensor(out.permute(0, 3, 1, 2), so, zo)
 
 
+def eight_bit_model(checkpoint: str | None, calib: list[torch.Tensor]) -> tuple:
+    """(model set to its 8-bit profile, that profile, its layers at 8 bits and in FP32, the export's
+    int8 output ranges): a fixed 8-bit checkpoint, or embedded:3 calibrated to 8 bits (PTQ) on `calib`."""
+    if checkpoint:
+        model = load_checkpoint(checkpoint).model.eval()
+    else:
+        model = wrap(load_checkpoint(resolve_checkpoint("embedded:3")).model, QuantPolicy(bits=(8,))).eval()
+        calibrate(model, calib)
+    p8 = {n: m.candidates[0] for n, m in quantized_layers(model).items()}
+    set_profile(model, p8)
+    layers32 = model_layers(model, dict.fromkeys(p8, 32), allow_fp32=True)
+    return model, p8, model_layers(model, p8), layers32, output_ranges(model, p8, calib)
+
+
+def ort_runner(graphs: dict) -> Callable[[str, torch.Tensor], np.ndarray]:
+    """One-thread ONNX Runtime sessions of `graphs`; run(name, x) → the graph's output."""
+    sessions = {k: session(g, 1) for k, g in graphs.items()}
+    return lambda name, x: sessions[name].run(None, {"x": x.numpy()})[0]
+
+
 def timed(runs: dict, rounds: int) -> dict[str, dict[str, float]]:
     """Median thread CPU and wall ms of each callable, all interleaved in every round."""
     cpu: dict[str, list[float]] = {k: [] for k in runs}
@@ -216,18 +237,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     calib = calibration_images()
-    if args.checkpoint:
-        ck = load_checkpoint(args.checkpoint)
-        model = ck.model.eval()
-    else:
-        ck = load_checkpoint(resolve_checkpoint("embedded:3"))
-        model = wrap(ck.model, QuantPolicy(bits=(8,))).eval()
-        calibrate(model, calib)
-    p8 = {n: m.candidates[0] for n, m in quantized_layers(model).items()}
-    p32 = dict.fromkeys(p8, 32)
-    set_profile(model, p8)
-    layers8, layers32 = model_layers(model, p8), model_layers(model, p32, allow_fp32=True)
-    ranges = output_ranges(model, p8, calib)
+    model, p8, layers8, layers32, ranges = eight_bit_model(args.checkpoint, calib)
     float_igdn = TorchInt8Synthesis(model, layers8, ranges)
     fused = TorchInt8Synthesis(model, layers8, ranges)
     with torch.no_grad():
@@ -237,10 +247,7 @@ def main() -> None:
               "ort fp32 sub-pixel": transform_graph(model, "g_s", layers32, "exact", None, True),
               "ort int8 (ort-cpu export)": transform_graph(model, "g_s", layers8, "int8", ranges, True),
               "h_s ort fp32": transform_graph(model, "h_s", layers32, "exact", None, False)}
-    sessions = {k: session(g, 1) for k, g in graphs.items()}
-
-    def ort(name: str, x: torch.Tensor) -> np.ndarray:
-        return sessions[name].run(None, {"x": x.numpy()})[0]
+    ort = ort_runner(graphs)
 
     # quality: every image's y_hat through the fake-quantized g_s and each int8 g_s
     per_image = []
@@ -261,8 +268,8 @@ def main() -> None:
 
     x = pad_to_multiple(load_image(args.image).unsqueeze(0), PAD_MULTIPLE)[0]
     with torch.no_grad():
-        y_hat = torch.round(model.g_a(x))
-        z_hat = torch.round(model.h_a(model.g_a(x)))
+        y = model.g_a(x)
+        y_hat, z_hat = torch.round(y), torch.round(model.h_a(y.abs()))
     hyper = integer_hyper(model, p8)
     zn = z_hat.numpy()
     fp32 = load_checkpoint(resolve_checkpoint("embedded:3")).model.eval()

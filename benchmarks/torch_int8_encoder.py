@@ -21,24 +21,21 @@ import statistics
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
-from dqsearch_ort.deployment import session, transform_graph
-from dqsearch_ort.onnx_graph import u8_params, union_range
+from dqsearch_ort.deployment import transform_graph
+from dqsearch_ort.onnx_graph import input_params, u8_params
 from torch.ao.nn.quantized import Conv2d as QConv2d
 
 from dqsearch.atomic import write_json
 from dqsearch.backends import cpu_model
 from dqsearch.codec import PAD_MULTIPLE
 from dqsearch.data import crop_padding, list_images, load_image, pad_to_multiple
-from dqsearch.deploy.calibrate import calibration_images, output_ranges
+from dqsearch.deploy.calibrate import calibration_images
 from dqsearch.evaluate import psnr
-from dqsearch.integer.params import model_layers
 from dqsearch.models import load_checkpoint, resolve_checkpoint
-from dqsearch.quant.wrap import QuantPolicy, calibrate, quantized_layers, set_profile, wrap
 
 sys.path.insert(0, str(Path(__file__).parent))
-from torch_int8_decoder import _square_u8, symmetric_int8, timed  # noqa: E402
+from torch_int8_decoder import _square_u8, eight_bit_model, ort_runner, symmetric_int8, timed  # noqa: E402
 
 
 def _gdn_out_u8(u8: torch.Tensor, n8: torch.Tensor, s: float, z: int, sn: float, zn: int, so: float, zo: int
@@ -68,7 +65,7 @@ class TorchInt8Analysis(torch.nn.Module):
             q.scale, q.zero_point = ((lq.y_scale, lq.y_zero) if lq.y_scale is not None
                                      else u8_params(*ranges[name]))
             self.convs.append(q)
-            self.in_q.append(u8_params(*union_range(lq)))
+            self.in_q.append(input_params(lq))  # as the int8 export quantizes it
         gdns = [m for m in model.g_a if m.__class__.__name__ == "GDN"]
         seen = [[0.0, 0.0] for _ in gdns]
         with torch.no_grad():  # ranges of x² and of the norm, over the calibration photos
@@ -133,25 +130,13 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     calib = calibration_images()
-    if args.checkpoint:
-        model = load_checkpoint(args.checkpoint).model.eval()
-    else:
-        model = wrap(load_checkpoint(resolve_checkpoint("embedded:3")).model, QuantPolicy(bits=(8,))).eval()
-        calibrate(model, calib)
-    p8 = {n: m.candidates[0] for n, m in quantized_layers(model).items()}
-    p32 = dict.fromkeys(p8, 32)
-    set_profile(model, p8)
-    layers8, layers32 = model_layers(model, p8), model_layers(model, p32, allow_fp32=True)
-    ranges = output_ranges(model, p8, calib)
+    model, _, layers8, layers32, ranges = eight_bit_model(args.checkpoint, calib)
     fast = TorchInt8Analysis(model, layers8, ranges, calib)
     graphs = {"g_a ort fp32": transform_graph(model, "g_a", layers32, "exact", None, False),
               "g_a ort int8": transform_graph(model, "g_a", layers8, "int8", ranges, False),
               "h_a ort fp32": transform_graph(model, "h_a", layers32, "exact", None, False, abs_input=True),
               "h_a ort exact": transform_graph(model, "h_a", layers8, "exact", None, False, abs_input=True)}
-    sessions = {k: session(g, 1) for k, g in graphs.items()}
-
-    def ort(name: str, x: torch.Tensor) -> np.ndarray:
-        return sessions[name].run(None, {"x": x.numpy()})[0]
+    ort = ort_runner(graphs)
 
     per_image = []
     with torch.no_grad():

@@ -9,7 +9,7 @@ import argparse
 from abc import ABC, abstractmethod
 from typing import Any
 
-from .units import DEFAULT_INPUT
+from .units import DEFAULT_INPUT, INT8_TRANSFORMS
 
 
 class UsageError(ValueError):
@@ -78,7 +78,7 @@ def int_list(text: str) -> tuple[int, ...]:
 def transform_list(text: str) -> tuple[str, ...]:
     """`g_a,g_s` → ("g_a", "g_s"): the int8-deployable transforms (`--quantize-outputs`)."""
     values = tuple(v for v in text.replace(" ", "").split(",") if v)
-    allowed = ("g_a", "g_s")  # dqsearch.quant.wrap.INT8_TRANSFORMS (not imported: torch-free)
+    allowed = INT8_TRANSFORMS
     if not values or not set(values) <= set(allowed):
         raise argparse.ArgumentTypeError(f"expected transforms among {', '.join(allowed)} "
                                          f"(comma-separated), got {text!r}")

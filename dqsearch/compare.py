@@ -264,11 +264,14 @@ def method_checkpoint(bench: Benchmark, method: Method, base: Path, progress: bo
         return method.handler.checkpoint(bench, method, base, out, progress)
 
 
-def method_recipe(bench: Benchmark, method: Method, base: Path) -> TrainConfig:
-    """How a training kind trains `method` from FP32 `base`: the benchmark's `[train]` table, the
-    method's own training keys, and the base model's λ."""
-    lmbda = load_checkpoint(base).meta.get("lmbda", DEFAULT_LMBDA)
+def method_recipe(bench: Benchmark, method: Method, lmbda: float) -> TrainConfig:
+    """How a training kind trains `method`: the benchmark's `[train]` table, the method's own
+    training keys, and the λ of the FP32 model it starts from."""
     return TrainConfig.from_dict({**bench.train, **method.train, "lmbda": lmbda})
+
+
+def _base_lmbda(base: Path) -> float:
+    return load_checkpoint(base).meta.get("lmbda", DEFAULT_LMBDA)
 
 
 #: TrainConfig fields that do not change the trained model (how often to save or log, where to run).
@@ -345,11 +348,11 @@ class PTQMethod(MethodKind):
             run = RunSpec(fp.architecture, fp.arch_args, method.policy,
                           {"init_from": str(base), "init_model_id": fp.model_id, "study": bench.name,
                            "method": method.name, "lmbda": fp.meta.get("lmbda", DEFAULT_LMBDA)})
-        config = TrainConfig.from_dict({**bench.train, **method.train, "lmbda": run.meta["lmbda"]})
+        config = method_recipe(bench, method, run.meta["lmbda"])
         return model, state, run, config, CropSampler(list_images(bench.train_data), config.crop)
 
     def train_config(self, bench: Benchmark, method: Method, base: Path) -> TrainConfig:
-        return method_recipe(bench, method, base)
+        return method_recipe(bench, method, _base_lmbda(base))
 
     def checkpoint(self, bench: Benchmark, method: Method, base: Path, out: Path, progress: bool) -> Path:
         model, _, run, config, sampler = self._start(bench, method, base, out)
@@ -388,7 +391,7 @@ class FMPQMethod(MethodKind):
                       {**fm, "bits": m.get("candidates", list(FMPQ_BITS))})
 
     def train_config(self, bench: Benchmark, method: Method, base: Path) -> TrainConfig:
-        return method_recipe(bench, method, base)
+        return method_recipe(bench, method, _base_lmbda(base))
 
     def checkpoint(self, bench: Benchmark, method: Method, base: Path, out: Path, progress: bool) -> Path:
         from .fmpq import FMPQTarget, run_fmpq
@@ -398,7 +401,7 @@ class FMPQMethod(MethodKind):
         f = method.options
         latency = parse_latency(f["target_latency"]) if "target_latency" in f else None
         target = FMPQTarget(f.get("target_size"), latency, f.get("latency_table"))
-        config = self.train_config(bench, method, base)
+        config = method_recipe(bench, method, fp.meta.get("lmbda", DEFAULT_LMBDA))
         sampler = CropSampler(list_images(bench.train_data), config.crop)
         run_fmpq(fp, f["bits"], target, sampler, config, out, config.calibration_batches,
                  cache=bench.cache / "fmpq-sensitivity", progress=progress)

@@ -16,6 +16,11 @@ if TYPE_CHECKING:  # torch is imported where a module is built: the CLI's parser
 
 FP32 = 32
 
+#: The transforms an int8 deployment runs with integer kernels (`dqsearch export --arithmetic`
+#: applies to these; the hyper transforms are always exact) and where `quantize_outputs` may put
+#: learned output quantizers.
+INT8_TRANSFORMS = ("g_a", "g_s")
+
 
 def container_of(bits: int) -> str:
     """The integer container a bit-width executes in: int8 for 2..8, int16 for 9..16, fp32 for 32."""

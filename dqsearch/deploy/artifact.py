@@ -38,7 +38,7 @@ from ..integer.packing import write_packed
 from ..integer.params import model_layers
 from ..models import LoadedCheckpoint, atomic_torch_save, load_checkpoint
 from ..quant.wrap import FP32, dynamic_layers, quantized_layers, weight_bytes
-from ..units import container_of
+from ..units import INT8_TRANSFORMS, container_of
 from . import entropy
 from .calibrate import calibration_images, output_ranges
 from .targets import deployment_for
@@ -86,7 +86,7 @@ class Options:
 
     def arithmetic_of(self, transform: str) -> str:
         """The hyper transforms are small and decide the entropy parameters: always exact."""
-        return self.arithmetic if transform in ("g_a", "g_s") else "exact"
+        return self.arithmetic if transform in INT8_TRANSFORMS else "exact"
 
 
 @dataclass
@@ -194,7 +194,7 @@ def build_profile(store: Store, bits: tuple[int, ...]) -> Path:
     layers = model_layers(model, profile)
     opts = store.options
     needs_ranges = opts.arithmetic == "int8" and any(
-        lq.container == "int8" for n, lq in layers.items() if n.split(".")[0] in ("g_a", "g_s"))
+        lq.container == "int8" for n, lq in layers.items() if n.split(".")[0] in INT8_TRANSFORMS)
     ranges = output_ranges(model, profile, store.calibration()) if needs_ranges else None
     final = store.folder / "profiles" / profile_key(bits)
     final.parent.mkdir(parents=True, exist_ok=True)

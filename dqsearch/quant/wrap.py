@@ -14,15 +14,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..units import FP32  # noqa: F401  (re-exported)
+from ..units import FP32, INT8_TRANSFORMS  # noqa: F401  (re-exported)
 from .autoregressive import patch_autoregressive
 from .blocks import GRANULARITIES, QuantizedConv, from_float
 from .quantizer import check_bits
 from .selector import BitSelector, bits_loss, bits_per_image
-
-#: The transforms an int8 deployment runs with integer kernels (dqsearch export's `--arithmetic`
-#: applies to these; the hyper transforms are exact): where `quantize_outputs` may put output quantizers.
-INT8_TRANSFORMS = ("g_a", "g_s")
 
 # What a stored policy without these fields was trained with (before issue 15).
 LEGACY_DEFAULTS = {"fusion": "input-mix", "relaxation": "soft", "selector_features": "mean",

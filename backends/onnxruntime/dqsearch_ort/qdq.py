@@ -42,12 +42,12 @@ from dqsearch.deploy.calibrate import calibration_images, output_ranges
 from dqsearch.integer.int_hyper import IntegerHyperSynthesis, _conv, _shuffle
 from dqsearch.integer.params import LayerQuant, float_layer, layer_quant
 from dqsearch.quant.wrap import QuantPolicy, calibrate, quantized_layers, wrap
+from dqsearch.units import INT8_TRANSFORMS
 
 #: recorded as metadata["graph"] in every table (an identity key): which builder timed it
 GRAPH_BUILDER = "deployment"
 GRAPH_VERSION = 1
 QUANT_BITS = tuple(range(2, 17))  # every integer bit-width the backend runs
-INT8_TRANSFORMS = ("g_a", "g_s")  # `Options.arithmetic_of`: the hyper transforms are always exact
 
 
 HYPER = ("integer", "float")
