@@ -17,7 +17,7 @@ quantized modules), thread CPU and wall time. Quality over Kodak through the cod
 int8 encoder against the fake-quantized g_a and h_a, ΔPSNR and Δbpp (y + z) per image.
 
     python benchmarks/torch_int8_encoder.py --rounds 15 -o benchmarks/results/torch_int8_encoder.json
-    python benchmarks/torch_int8_encoder.py --profile     # where the int8 encoder's time goes
+    python benchmarks/torch_int8_encoder.py --profile --rounds 15   # where the int8 encoder's time goes
 
 Reusable parts (for a deployment plugin): `Int8Conv`, `quantize_image_u8`, `abs_u8`, `Int8GDN`,
 `Int8Analysis`, `Int8HyperAnalysis`, `Int8Encoder`, `gdn_ranges`.
@@ -250,7 +250,7 @@ class Int8HyperAnalysis:
         names = [n for n in layers if n.startswith("h_a.")]
         self.in_q = input_params(layers[names[0]])
         self.convs = [Int8Conv.from_layer(layers[a], input_params(layers[b]), relu=True)
-                      for a, b in zip(names, names[1:])]
+                      for a, b in zip(names[:-1], names[1:], strict=True)]
         last = layers[names[-1]]
         self.z_q = None if last.y_scale is None else (last.y_scale, last.y_zero)
         self.convs.append(Int8Conv.from_layer(last, self.z_q))
@@ -415,7 +415,8 @@ def main() -> None:
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--malloc", choices=("keep", "default"), default="keep",
                     help="keep: glibc keeps freed memory (`keep_freed_memory`); default: glibc's own policy")
-    ap.add_argument("-o", "--output", default="benchmarks/results/torch_int8_encoder.json")
+    ap.add_argument("-o", "--output", help="JSON (default benchmarks/results/torch_int8_encoder.json, "
+                    "with --profile …_profile.json)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     kept = args.malloc == "keep" and keep_freed_memory()
@@ -424,9 +425,14 @@ def main() -> None:
     enc = Int8Encoder(model, layers8, ranges, calib)
     x = pad_to_multiple(load_image(args.image).unsqueeze(0), PAD_MULTIPLE)[0]
     if args.profile:
-        print(f"int8 encoder per stage, {args.image} {tuple(x.shape)}, {args.threads} thread(s), malloc keeps "
-              f"freed memory: {kept}, thread CPU ms:")
-        profile(enc, x, args.rounds)
+        print(f"int8 encoder per stage, {args.image} {tuple(x.shape)}, {args.threads} thread(s), "
+              f"malloc keeps freed memory: {kept}, thread CPU ms:")
+        write_json(args.output or "benchmarks/results/torch_int8_encoder_profile.json", {
+            "benchmark": "torch_int8_encoder --profile", "cpu": cpu_model(), "threads": args.threads,
+            "rounds": args.rounds, "timer": "thread CPU time per stage, median over rounds",
+            "image": args.image, "checkpoint": args.checkpoint or "embedded:3, PTQ 8 bits",
+            "malloc_keeps_freed_memory": kept, "versions": {"torch": torch.__version__},
+            "profile_ms": profile(enc, x, args.rounds), "load_average": os.getloadavg()})
         return
     old = QuantizedModuleAnalysis(model, layers8, ranges, calib)
     graphs = {"g_a ort fp32": transform_graph(model, "g_a", layers32, "exact", None, False),
@@ -448,10 +454,10 @@ def main() -> None:
                 y_ref = model.g_a(xp)
                 y8, z8 = enc(xp)
                 y_ort = torch.from_numpy(ort("g_a ort int8", xp))
+                z_ort = torch.from_numpy(ort("h_a ort exact", y_ort))
                 row = {"image": path.name,
                        "fake-quantized": codec_forward(model, img, xp, pad, y_ref, model.h_a(y_ref.abs())),
-                       "ort int8 g_a, exact h_a": codec_forward(model, img, xp, pad, y_ort,
-                                                                torch.from_numpy(ort("h_a ort exact", y_ort))),
+                       "ort int8 g_a, exact h_a": codec_forward(model, img, xp, pad, y_ort, z_ort),
                        "torch int8 g_a + h_a": codec_forward(model, img, xp, pad, y8, z8),
                        "torch int8 g_a, fake-quantized h_a": codec_forward(model, img, xp, pad, y8,
                                                                            model.h_a(y8.abs()))}
@@ -487,10 +493,12 @@ def main() -> None:
         part = k.split(":")[0]
         base = min(ms[b][clock] for b in ms if b.startswith(part + ":") and "fp32" in b)
         v["speedup_vs_fastest_fp32"] = base / v[clock]
-        print(f"{k:48s} {v['cpu_ms']:7.2f} ms cpu {v['wall_ms']:7.2f} ms wall  {v['speedup_vs_fastest_fp32']:.2f}x")
+        print(f"{k:48s} {v['cpu_ms']:7.2f} ms cpu {v['wall_ms']:7.2f} ms wall  "
+              f"{v['speedup_vs_fastest_fp32']:.2f}x")
     for k, v in quality.items():
         print(f"quality {k}: PSNR {v['mean_delta_db']:+.3f} dB mean, {v['worst_delta_db']:+.3f} worst; "
               f"bpp {v['mean_bpp_change']:+.2%} mean, {v['worst_bpp_change']:+.2%} worst")
+    args.output = args.output or "benchmarks/results/torch_int8_encoder.json"
     write_json(args.output, {
         "benchmark": "torch_int8_encoder", "cpu": cpu_model(), "threads": args.threads, "rounds": args.rounds,
         "timer": "thread CPU time and wall time, median over interleaved rounds; speedups on "
