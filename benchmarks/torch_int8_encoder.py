@@ -177,7 +177,11 @@ class Int8GDN:
         w_scale = (w.abs().amax(dim=(1, 2, 3)) / 127).clamp_min(1e-12)
         wq = torch.round(w / w_scale.reshape(-1, 1, 1, 1)).clamp(-127, 127).to(torch.int8).numpy()
         self.s2, self.sn = x2_max / 255, norm_max / 255
-        self.conv = Int8Conv(wq, w_scale.numpy(), gdn.beta_reparam(gdn.beta).detach().numpy(), (1, 1), (0, 0),
+        beta = gdn.beta_reparam(gdn.beta).detach()
+        if float(beta.min()) < self.sn:  # the uint8 norm could round to 0 and rsqrt(0) = inf
+            raise ValueError(f"GDN: β min {float(beta.min()):.3g} under one step of the norm's uint8 "
+                             f"quantizer ({self.sn:.3g}); the int8 GDN needs β ≥ max norm / 255")
+        self.conv = Int8Conv(wq, w_scale.numpy(), beta.numpy(), (1, 1), (0, 0),
                              (self.s2, 0), (self.sn, 0))
         self.in_q, self.out_q = in_q, out_q
 
