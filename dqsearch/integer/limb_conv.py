@@ -9,10 +9,11 @@ is one `torch._int_mm` call, and the shuffle folds into the copy that pads the n
 
 Offsets: an input value v (a quantized activation q, or the zero-point z_x that pads the border so
 padded taps contribute (z_x - z_x)·w = 0, as in the reference) enters as v - c0 for one constant c0
-per layer that centres the range of v on the digits; Σ (v - z_x)·W = Σ (v - c0)·W + Σ (c0 - z_x)·W,
-and the last sum is a per-output constant folded into the bias. Recombining digits (Horner over
-256^(j+l)) runs in float64 on integers below 2^52 (`LimbConv.build` checks the bound), so every
-step is exact and the requantization that follows sees the very accumulator the reference has.
+per layer, the middle of the range of v (one int8 digit up to 8 bits):
+Σ (v - z_x)·W = Σ (v - c0)·W + Σ (c0 - z_x)·W, and the last sum is a per-output constant folded
+into the bias. Recombining digits (Horner over 256^(j+l)) runs in float64 on integers below 2^52
+(`LimbConv.build` checks the bound), so every step is exact and the requantization that follows
+sees the very accumulator the reference has.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class LimbConv:
         lo, hi = min(0, int(x_zero.min())), max(qmax, int(x_zero.max()))
         if c * kh * kw > MAX_K or o_s2 % (s * s):
             return None
-        offset = (lo + hi + 1) // 2 if hi - lo > 255 else lo + 128
+        offset = (lo + hi + 1) // 2  # v - c0 in [-128, 127] when the range spans ≤ 256 values
         in_limbs = digit_count(lo - offset, hi - offset)
         x_abs = max(offset - lo, hi - offset)
         o = o_s2 // (s * s)

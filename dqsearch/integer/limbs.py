@@ -21,8 +21,8 @@ MAX_K = (2**31 - 1) // (128 * 128)  # |Σ_k a_k d_k| ≤ K · 2^14 stays inside 
 
 
 def digits(values: np.ndarray) -> np.ndarray:
-    """Balanced base-256 digits of int64 `values`: int8 [L, *values.shape] with Σ_l d_l 256^l = values,
-    L the fewest digits that represent every value (at least one)."""
+    """Balanced base-256 digits of int64 `values` (|v| < 2^62): int8 [L, *values.shape] with
+    Σ_l d_l 256^l = values, L the fewest digits that represent every value (at least one)."""
     rest = np.asarray(values, dtype=np.int64)
     out = []
     while True:
