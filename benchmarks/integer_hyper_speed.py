@@ -97,7 +97,8 @@ def main() -> None:
         ratio = {k: ms["float64 reference"][k] / ms["int8 limbs"][k] for k in ("cpu_ms", "wall_ms")}
         out[name] = {
             "h_s_bits": [profile[n] for n in profile if n.startswith("h_s.")],
-            "weight_digits_per_phase": [[p.limbs for p in c.phases] for c in hyper.fast.convs],
+            "weight_digits": [c.limbs for c in hyper.fast.convs],
+            "int32_digit_pairs": [c.paired for c in hyper.fast.convs],
             "input_digits": [c.in_limbs for c in hyper.fast.convs],
             "z_hat_shape": list(z.shape), "timings": ms, "speedup": ratio,
             "kodak_identical": f"{len(same)}/{len(zs)}"}

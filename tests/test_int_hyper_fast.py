@@ -157,11 +157,26 @@ def test_weights_near_the_2_49_bound():
     thresholds = np.floor(np.ldexp(TABLE[:-1], 42)).astype(np.int64)
     ih = IntegerHyperSynthesis(layers, np.full(4, 0.5), [np.full(8, 2.0**-49)], [np.zeros(8, np.int64)],
                                thresholds)
-    assert ih.fast is not None and max(p.limbs for p in ih.fast.convs[0].phases) == 7
+    assert ih.fast is not None and ih.fast.convs[0].limbs == 7
     for z in _inputs(rng, 4, 5, 3):
         _assert_same(ih, z)
     z = np.ones((1, 4, 5, 3), np.float32)  # q = 1 everywhere: the largest weights all count
     _assert_same(ih, z)
+
+
+@needs_int8
+def test_digits_too_large_to_pair_in_int32():
+    """Every weight digit at -128 over K = 576 taps: a digit pair could overflow int32, so the layer
+    recombines digit by digit (the other path), with the same integers."""
+    rng = np.random.default_rng(12)
+    w = np.full((16, 64, 3, 3), -128 - 128 * 256, np.int64)
+    w[:, :, 0, 0] = rng.integers(-2**15, 2**15, size=(16, 64))
+    layers = [_wide_layer(w, 255, x_zero=rng.integers(0, 256, size=64))]
+    ih = IntegerHyperSynthesis(layers, np.full(64, 0.25), [], [], np.arange(1, 64, dtype=np.int64) * 2**22)
+    assert ih.fast is not None and not ih.fast.convs[0].paired
+    assert _hyper(13, (8, 8, 8)).fast.convs[0].paired
+    for z in _inputs(rng, 64, 4, 6):
+        _assert_same(ih, z)
 
 
 def test_limb_conv_refuses_what_it_cannot_hold():

@@ -5,7 +5,9 @@ contiguous runs of C. A pixel-shuffled layer (a sub-pixel ConvTranspose) is comp
 phase: each phase (r, t) is a product of its own taps only (a k5 s2 deconvolution's phases use
 3×3, 3×2, 2×3 and 2×2 of the 3×3 window: 31% fewer multiplies than the zero-padded kernel) with
 its weight digits stacked along the outputs ([K, L·O], columns (digit, channel)), so each phase
-is one `torch._int_mm` call, and the shuffle folds into the copy that pads the next layer's input.
+is one `torch._int_mm` call (all phases write one int32 tensor, so the digit recombination that
+follows is a few whole-tensor operations), and the shuffle folds into the copy that pads the next
+layer's input.
 
 Offsets: an input value v (a quantized activation q, or the zero-point z_x that pads the border so
 padded taps contribute (z_x - z_x)·w = 0, as in the reference) enters as v - c0 for one constant c0
@@ -13,7 +15,9 @@ per layer, the middle of the range of v (one int8 digit up to 8 bits):
 Σ (v - z_x)·W = Σ (v - c0)·W + Σ (c0 - z_x)·W, and the last sum is a per-output constant folded
 into the bias. Recombining digits (Horner over 256^(j+l)) runs in float64 on integers below 2^52
 (`LimbConv.build` checks the bound), so every step is exact and the requantization that follows
-sees the very accumulator the reference has.
+sees the very accumulator the reference has; where this layer's digits allow (checked per column:
+Σ|a|·(|d_l| + 256 |d_(l+1)|) < 2^31), neighbouring digits are first paired in int32, which halves
+the float64 passes.
 """
 
 from __future__ import annotations
@@ -40,10 +44,8 @@ class Phase:
     """One output phase (r, t): its taps' window and its weight digits."""
 
     taps: tuple[int, int, int, int]  # rows kh0:kh1, columns kw0:kw1 of the kernel window
-    weight: torch.Tensor  # int8 [K_pad, L·O padded to 8]: rows (kh, kw, C), columns (digit, channel)
-    weight_t: torch.Tensor  # int8 [L·O padded, K_pad]: the same, transposed (channels-first output)
-    limbs: int  # L
-    bias: torch.Tensor  # float64 [O]: bias + Σ (c0 - z_x)·W over the phase's taps
+    weight: torch.Tensor  # int8 [K_pad, N]: rows (kh, kw, C), columns (digit, channel), N = L·O padded
+    weight_t: torch.Tensor  # int8 [N, K_pad]: the same, transposed (channels-first output)
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,12 @@ class LimbConv:
     """One layer (stride-1 conv, optional pixel shuffle) as int8 × int8 → int32 products."""
 
     phases: list[Phase]  # r-major: phase r·s + t
+    limbs: int  # weight digits L (the most any phase needs)
+    paired: bool  # digits (2i, 2i+1) may be combined in int32 (J = 1 only)
     in_limbs: int  # activation digits J
     offset: int  # c0
     pad_digits: torch.Tensor  # int8 [J, C]: digits of z_x - c0
+    bias: torch.Tensor  # float64 [s², O]: bias + Σ (c0 - z_x)·W, per phase
     kernel: tuple[int, int]
     pads: tuple[int, int, int, int]
     shuffle: int
@@ -74,21 +79,34 @@ class LimbConv:
         in_limbs = digit_count(lo - offset, hi - offset)
         x_abs = max(offset - lo, hi - offset)
         o = o_s2 // (s * s)
-        w6 = weight.reshape(o, s, s, c, kh, kw)
-        b3 = bias.reshape(o, s, s)
-        phases = []
-        for r in range(s):
-            for t in range(s):
-                phase = _phase(w6[:, r, t], b3[:, r, t], x_zero.astype(np.int64), offset)
-                bound = x_abs * phase[1] + phase[2] + c * kh * kw * 256 * in_limbs * 8
-                if bound >= _EXACT:
-                    return None
-                phases.append(phase[0])
+        w6 = weight.reshape(o, s, s, c, kh, kw).astype(np.int64)
+        b3 = bias.reshape(o, s, s).astype(np.int64)
+        zeros = x_zero.astype(np.int64)
+        # per phase: the taps' window, the [K, O] matrix, the bias with the offset's constant
+        parts = [_phase_matrix(w6[:, r, t], b3[:, r, t], zeros, offset) for r in range(s) for t in range(s)]
+        slop = c * kh * kw * 2**14 * in_limbs  # Horner's partial sums exceed |acc| / 256^e by at most this
+        if any(x_abs * int(np.abs(mat).sum(axis=0).max()) + int(np.abs(b).max()) + slop >= _EXACT
+               for _, mat, b in parts):
+            return None
+        limbs = max(len(digits(mat)) for _, mat, _ in parts)
+        cols = max(_ceil8(limbs * o), 24)  # ≥ 17 rows when transposed
+        phases, paired = [], in_limbs == 1
+        for taps, mat, _ in parts:
+            d = np.zeros((limbs, *mat.shape), np.int8)
+            dm = digits(mat)
+            d[:len(dm)] = dm
+            k = mat.shape[0]
+            full = np.zeros((_ceil8(k), cols), np.int8)
+            full[:k, :limbs * o] = d.transpose(1, 0, 2).reshape(k, limbs * o)
+            phases.append(Phase(taps, torch.from_numpy(full), torch.from_numpy(np.ascontiguousarray(full.T))))
+            col = x_abs * np.abs(d.astype(np.int64)).sum(axis=1)  # [L, O]: bound of each digit's product
+            paired &= all(int((col[i] + 256 * col[i + 1]).max()) < 2**31 for i in range(0, limbs - 1, 2))
         pad_digits = np.zeros((in_limbs, c), np.int8)
-        zd = digits(x_zero.astype(np.int64) - offset)
+        zd = digits(zeros - offset)
         pad_digits[:len(zd)] = zd
-        return cls(phases, in_limbs, offset, torch.from_numpy(pad_digits), (kh, kw),
-                   tuple(int(p) for p in pads), s, c, o)
+        bias_all = np.stack([b for _, _, b in parts]).astype(np.float64)
+        return cls(phases, limbs, paired, in_limbs, offset, torch.from_numpy(pad_digits),
+                   torch.from_numpy(bias_all), (kh, kw), tuple(int(p) for p in pads), s, c, o)
 
     def buffer(self, h: int, w: int, ws: Workspace) -> torch.Tensor:
         """The padded input [J, H + pads, W + pads, C] with the zero-point's digits on the border
@@ -113,8 +131,9 @@ class LimbConv:
         kh, kw = self.kernel
         h, w = hp - kh + 1, wp - kw + 1
         m, s, o = h * w, self.shuffle, self.outputs
-        shape = (s, s, o, h, w) if channels_first else (s, s, h, w, o)
-        acc, _ = ws.get((id(self), "acc"), shape, torch.float64)
+        n = self.phases[0].weight.shape[1]
+        shape = (s * s, n, j * m) if channels_first else (s * s, j * m, n)
+        prod, _ = ws.get((id(self), "prod"), shape, torch.int32)
         sj, sh, sw, _ = buf.stride()
         for i, ph in enumerate(self.phases):
             h0, h1, w0, w1 = ph.taps
@@ -125,38 +144,51 @@ class LimbConv:
             cols[:, :k].view(j, h, w, h1 - h0, w1 - w0, c).copy_(
                 buf.as_strided((j, h, w, h1 - h0, w1 - w0, c), (sj, sh, sw, sh, sw, 1),
                                buf.storage_offset() + h0 * sh + w0 * sw))
-            out = acc[i // s, i % s]
-            if channels_first:  # [L·O, J·m]: term (j, l) is rows l·O.., columns j·m..
-                prod = int8_matmul(ph.weight_t, cols.t(), ws, (id(self), "prod", i))
-                out = out.view(o, m)
-                _horner(lambda jj, ll, p=prod: p[ll * o:(ll + 1) * o, jj * m:(jj + 1) * m], j, ph.limbs, out)
-                out.add_(ph.bias[:, None])
-            else:  # [J·m, L·O]
-                prod = int8_matmul(cols, ph.weight, ws, (id(self), "prod", i))
-                out = out.view(m, o)
-                _horner(lambda jj, ll, p=prod: p[jj * m:(jj + 1) * m, ll * o:(ll + 1) * o], j, ph.limbs, out)
-                out.add_(ph.bias)
-        return acc
+            if channels_first:
+                int8_matmul(ph.weight_t, cols.t(), out=prod[i])
+            else:
+                int8_matmul(cols, ph.weight, out=prod[i])
+        acc, _ = ws.get((id(self), "acc", channels_first),
+                        (s, s, o, h, w) if channels_first else (s, s, h, w, o), torch.float64)
+        if channels_first:  # prod [s², L·O, J·m]: digit pair (a, l) is rows l·O.., columns a·m..
+            out = acc.view(s * s, o, m)
+            self._recombine(lambda a, b: prod[:, b * o:(b + 1) * o, a * m:(a + 1) * m], j, out, ws)
+            return acc.view(s * s, o, m).add_(self.bias[:, :, None]).view(acc.shape)
+        out = acc.view(s * s, m, o)  # prod [s², J·m, L·O]
+        self._recombine(lambda a, b: prod[:, a * m:(a + 1) * m, b * o:(b + 1) * o], j, out, ws)
+        return out.add_(self.bias[:, None, :]).view(acc.shape)
+
+    def _recombine(self, term: Callable[[int, int], torch.Tensor], j: int, out: torch.Tensor,
+                   ws: Workspace) -> None:
+        """out = Σ_{a,l} term(a, l) · 256^(a+l), exactly (float64 integers below 2^52)."""
+        if not self.paired:
+            _horner(term, j, self.limbs, out)
+            return
+        pair, _ = ws.get((id(self), "pair"), out.shape, torch.int32)
+        groups = [(i, i + 1) if i + 1 < self.limbs else (i,) for i in range(0, self.limbs, 2)]
+
+        def group(g: tuple[int, ...]) -> torch.Tensor:  # P_2i + 256 P_2i+1, exact in int32 (checked)
+            if len(g) == 1:
+                return term(0, g[0])
+            return torch.add(term(0, g[0]), term(0, g[1]), alpha=256, out=pair)
+
+        out.copy_(group(groups[-1]))
+        for g in reversed(groups[:-1]):
+            torch.add(group(g), out, alpha=65536, out=out)
 
 
-def _phase(w: np.ndarray, b: np.ndarray, x_zero: np.ndarray, offset: int) -> tuple[Phase, int, int]:
-    """One phase's digits (w int64 [O, C, kh, kw]) with the bound terms max Σ|W| and max |bias|."""
+def _phase_matrix(w: np.ndarray, b: np.ndarray, x_zero: np.ndarray, offset: int
+                  ) -> tuple[tuple[int, int, int, int], np.ndarray, np.ndarray]:
+    """One phase (w int64 [O, C, kh, kw]): its taps' window, the weights over it as [K, O] with rows
+    (kh, kw, C), and the bias plus Σ (c0 - z)·W (the constant the input offset adds)."""
     o, c, kh, kw = w.shape
     used = np.nonzero(w.any(axis=(0, 1)))
     if len(used[0]) == 0:  # an all-zero phase: one zero tap keeps the shapes valid
         used = (np.array([0]), np.array([0]))
     h0, h1, w0, w1 = used[0].min(), used[0].max() + 1, used[1].min(), used[1].max() + 1
-    k = (h1 - h0) * (w1 - w0) * c
-    mat = w[:, :, h0:h1, w0:w1].transpose(2, 3, 1, 0).reshape(k, o)  # rows (kh, kw, C)
-    bias = b + w.sum(axis=(2, 3)) @ (offset - x_zero)  # Σ (c0 - z)·W: the padding's offset
-    d = digits(mat)  # [L, K, O]
-    limbs = len(d)
-    full = np.zeros((_ceil8(k), _ceil8(limbs * o)), np.int8)
-    full[:k, :limbs * o] = d.transpose(1, 0, 2).reshape(k, limbs * o)
-    phase = Phase((int(h0), int(h1), int(w0), int(w1)), torch.from_numpy(full),
-                  torch.from_numpy(np.ascontiguousarray(full.T)), limbs,
-                  torch.from_numpy(bias.astype(np.float64)))
-    return phase, int(np.abs(mat).sum(axis=0).max()), int(np.abs(bias).max())
+    mat = w[:, :, h0:h1, w0:w1].transpose(2, 3, 1, 0).reshape(-1, o)
+    bias = b + w.sum(axis=(2, 3)) @ (offset - x_zero)
+    return (int(h0), int(h1), int(w0), int(w1)), mat, bias
 
 
 def _horner(term: Callable[[int, int], torch.Tensor], j: int, limbs: int, out: torch.Tensor) -> None:

@@ -15,8 +15,6 @@ import functools
 import numpy as np
 import torch
 
-from .workspace import Workspace
-
 MAX_K = (2**31 - 1) // (128 * 128)  # |Σ_k a_k d_k| ≤ K · 2^14 stays inside int32
 
 
@@ -38,19 +36,15 @@ def digit_count(lo: int, hi: int) -> int:
     return len(digits(np.array([min(lo, 0), max(hi, 0)])))
 
 
-def int8_matmul(a: torch.Tensor, b: torch.Tensor, ws: Workspace | None = None, key: object = None
-                ) -> torch.Tensor:
-    """int8 [m, k] × int8 [k, n] → exact int32 [m, n] (`torch._int_mm`), into the workspace tensor
-    `key` of `ws` if given; pads m to ≥ 17 rows, the smallest some versions accept (k and n are
-    the caller's to pad to multiples of 8)."""
+def int8_matmul(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """int8 [m, k] × int8 [k, n] → exact int32 [m, n] (`torch._int_mm`), into `out` if given; pads m
+    to ≥ 17 rows, the smallest some versions accept (k and n are the caller's to pad to multiples of 8)."""
     m = a.shape[0]
     if m <= 16:
         a = torch.cat([a, a.new_zeros(17 - m, a.shape[1])])
-        return torch._int_mm(a, b)[:m]
-    if ws is None:
-        return torch._int_mm(a, b)
-    out, _ = ws.get(key, (m, b.shape[1]), torch.int32)
-    return torch._int_mm(a, b, out=out)
+        got = torch._int_mm(a, b)[:m]
+        return got if out is None else out.copy_(got)
+    return torch._int_mm(a, b) if out is None else torch._int_mm(a, b, out=out)
 
 
 @functools.cache
