@@ -90,11 +90,15 @@ class LimbHyper:
 
     def indexes(self, acc: torch.Tensor, thresholds: np.ndarray) -> np.ndarray:
         """Scale-table indexes int32 [M, H·s, W·s] of `accumulator`'s output."""
-        if self.lookup is not None:
-            idx = self.lookup(acc, self.workspace)
-        else:
+        s, _, o, h, w = acc.shape
+        if self.lookup is None:
             idx = torch.from_numpy(np.searchsorted(thresholds, acc.to(torch.int64).numpy(), side="left"))
-        return unshuffle(idx.to(torch.int32)).contiguous().numpy().copy()  # never the workspace's memory
+            return unshuffle(idx.to(torch.int32)).contiguous().numpy()
+        if s == 1:  # the lookup writes the caller's (fresh) array directly
+            out = torch.empty((o, h, w), dtype=torch.int32)
+            self.lookup(acc, self.workspace, out=out.view(acc.shape))
+            return out.numpy()
+        return unshuffle(self.lookup(acc, self.workspace)).contiguous().numpy()  # a copy: fresh
 
 
 def unshuffle(t: torch.Tensor) -> torch.Tensor:

@@ -55,14 +55,17 @@ class ThresholdLookup:
             return cls(52 - bits, torch.from_numpy(base.astype(np.int32)), torch.from_numpy(inner))
         return None
 
-    def __call__(self, y: torch.Tensor, ws: Workspace | None = None) -> torch.Tensor:
-        """int32 counts (a `ws` tensor when given: valid until the next call) for float64 integers
-        0 ≤ y < 2^53 (+0.0, not -0.0), any shape; anything else raises IndexError."""
+    def __call__(self, y: torch.Tensor, ws: Workspace | None = None, out: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        """int32 counts for contiguous float64 integers 0 ≤ y < 2^53 (+0.0, not -0.0), any shape,
+        into `out` (int32, y's shape) if given; anything else raises IndexError."""
         ws = ws if ws is not None else Workspace()
-        key, _ = ws.get((id(self), "key"), (y.numel(),), torch.int64)
+        n = y.numel()
+        key, _ = ws.get((id(self), "key"), (n,), torch.int64)
         torch.bitwise_right_shift(y.reshape(-1).view(torch.int64), self.shift, out=key)
-        inner, _ = ws.get((id(self), "inner"), (y.numel(),), torch.float64)
+        inner, _ = ws.get((id(self), "inner"), (n,), torch.float64)
         above, _ = ws.get((id(self), "above"), y.shape, torch.bool)
         torch.lt(torch.index_select(self.inner, 0, key, out=inner).view(y.shape), y, out=above)
-        count, _ = ws.get((id(self), "count"), (y.numel(),), torch.int32)
-        return torch.index_select(self.base, 0, key, out=count).view(y.shape).add_(above)
+        base, _ = ws.get((id(self), "base"), (n,), torch.int32)
+        below = torch.index_select(self.base, 0, key, out=base).view(y.shape)
+        return torch.add(below, above, out=out) if out is not None else below.add_(above)
