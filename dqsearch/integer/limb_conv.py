@@ -160,9 +160,19 @@ class LimbConv:
 
     def _recombine(self, term: Callable[[int, int], torch.Tensor], j: int, out: torch.Tensor,
                    ws: Workspace) -> None:
-        """out = Σ_{a,l} term(a, l) · 256^(a+l), exactly (float64 integers below 2^52)."""
+        """out = Σ_{a,l} term(a, l) · 256^(a+l), exactly (float64 integers below 2^52). Every
+        int32 → float64 conversion goes through a workspace tensor: a mixed-dtype torch.add would
+        allocate a hidden float64 temporary, whose fresh pages cost more than the add."""
+        wide, _ = ws.get((id(self), "wide"), out.shape, torch.float64)
+
+        def add(x: torch.Tensor, scale: int) -> None:  # out = x + scale · out
+            torch.add(wide.copy_(x) if x.dtype != torch.float64 else x, out, alpha=scale, out=out)
+
         if not self.paired:
-            _horner(term, j, self.limbs, out)
+            top = j + self.limbs - 2
+            out.copy_(_diagonal(term, j, self.limbs, top, wide))
+            for e in range(top - 1, -1, -1):
+                add(_diagonal(term, j, self.limbs, e, wide), 256)
             return
         pair, _ = ws.get((id(self), "pair"), out.shape, torch.int32)
         groups = [(i, i + 1) if i + 1 < self.limbs else (i,) for i in range(0, self.limbs, 2)]
@@ -174,7 +184,7 @@ class LimbConv:
 
         out.copy_(group(groups[-1]))
         for g in reversed(groups[:-1]):
-            torch.add(group(g), out, alpha=65536, out=out)
+            add(group(g), 65536)
 
 
 def _phase_matrix(w: np.ndarray, b: np.ndarray, x_zero: np.ndarray, offset: int
@@ -191,20 +201,13 @@ def _phase_matrix(w: np.ndarray, b: np.ndarray, x_zero: np.ndarray, offset: int
     return (int(h0), int(h1), int(w0), int(w1)), mat, bias
 
 
-def _horner(term: Callable[[int, int], torch.Tensor], j: int, limbs: int, out: torch.Tensor) -> None:
-    """out = Σ_{j,l} term(j, l) · 256^(j+l), exactly (float64 integers below 2^52)."""
-    top = j + limbs - 2
-    out.copy_(_diagonal(term, j, limbs, top))
-    for e in range(top - 1, -1, -1):
-        torch.add(_diagonal(term, j, limbs, e), out, alpha=256, out=out)
-
-
-def _diagonal(term: Callable[[int, int], torch.Tensor], j: int, limbs: int, e: int) -> torch.Tensor:
-    """Σ_{a + b = e} term(a, b): one int32 term, or their float64 sum (exact) when several."""
+def _diagonal(term: Callable[[int, int], torch.Tensor], j: int, limbs: int, e: int, wide: torch.Tensor
+              ) -> torch.Tensor:
+    """Σ_{a + b = e} term(a, b): one int32 term, or their sum in `wide` (float64, exact) when several."""
     terms = [term(a, e - a) for a in range(max(0, e - limbs + 1), min(j, e + 1))]
     if len(terms) == 1:
         return terms[0]
-    out = terms[0].to(torch.float64)
+    wide.copy_(terms[0])
     for t in terms[1:]:
-        out.add_(t)
-    return out
+        wide.add_(t)
+    return wide
