@@ -219,6 +219,19 @@ def test_results_are_fresh_arrays_and_threads_do_not_share_workspaces():
 
 
 @needs_int8
+def test_pickles_for_worker_processes():
+    import copy
+    import pickle
+
+    ih = _hyper(14, (8, 8, 8))
+    z = np.round(np.random.default_rng(15).normal(0, 4, size=(1, 12, 3, 3))).astype(np.float32)
+    want = ih.indexes(z)
+    for again in (pickle.loads(pickle.dumps(ih)), copy.deepcopy(ih)):
+        assert again.fast is not None
+        np.testing.assert_array_equal(again.indexes(z), want)
+
+
+@needs_int8
 def test_save_load_keeps_the_format_and_derives_the_limbs(tmp_path):
     ih = _hyper(8, (10, 8, 6))
     ih.save(tmp_path / "h.npz")

@@ -47,6 +47,13 @@ class LimbHyper:
     lookup: ThresholdLookup | None  # None: np.searchsorted
     _local: threading.local = field(default_factory=threading.local, repr=False, compare=False)
 
+    def __getstate__(self) -> dict:  # pickling (a worker process) takes no thread-local tensors
+        return {k: v for k, v in self.__dict__.items() if k != "_local"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        object.__setattr__(self, "_local", threading.local())
+
     @property
     def workspace(self) -> Workspace:
         """This thread's workspace (calls from several threads never share tensors)."""
