@@ -85,7 +85,7 @@ def main() -> None:
                            ("embedded:3 PTQ 6/8/10, h_s 10/8/6", (8, 6, 10), (10, 8, 6))):
         model, profile = ptq_model(bits, hs, calib)
         hyper = integer_hyper(model, profile)
-        if hyper.fast is None:
+        if hyper.fast_path() is None:
             raise SystemExit(f"{name}: the int8 limb path is off here (torch._int_mm missing or a bound)")
         zs = {p.name: z_hat(model, p) for p in images}
         same = [p for p, z in zs.items()
@@ -100,9 +100,9 @@ def main() -> None:
         ratio = {k: ms["float64 reference"][k] / ms["int8 limbs"][k] for k in ("cpu_ms", "wall_ms")}
         out[name] = {
             "h_s_bits": [profile[n] for n in profile if n.startswith("h_s.")],
-            "weight_digits": [c.limbs for c in hyper.fast.convs],
-            "int32_digit_pairs": [c.paired for c in hyper.fast.convs],
-            "input_digits": [c.in_limbs for c in hyper.fast.convs],
+            "weight_digits": [c.limbs for c in hyper.fast_path().convs],
+            "int32_digit_pairs": [c.paired for c in hyper.fast_path().convs],
+            "input_digits": [c.in_limbs for c in hyper.fast_path().convs],
             "z_hat_shape": list(z.shape), "timings": ms, "speedup": ratio,
             "kodak_identical": f"{len(same)}/{len(zs)}"}
         print(f"{name}: reference {ms['float64 reference']['cpu_ms']:.2f} ms, int8 limbs "

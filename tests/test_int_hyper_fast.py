@@ -64,7 +64,7 @@ def test_zero_points_outside_the_range():
     layers[1].x_zero[:] = rng.integers(-20, 90, size=8)
     layers[2].x_zero[:] = rng.integers(-300, 1400, size=8)
     ih = IntegerHyperSynthesis.build(layers, TABLE)
-    assert ih.fast is not None
+    assert ih.fast_path() is not None
     for h, w in [(1, 1), (5, 3)]:
         for z in _inputs(rng, 8, h, w):
             _assert_same(ih, z)
@@ -114,7 +114,7 @@ def test_int8_matmul_is_exact_for_small_and_extreme_products():
 @pytest.mark.parametrize("bits", [(8, 8, 8), (6, 6, 6), (10, 10, 10), (16, 16, 16), (10, 8, 6), (6, 16, 8)])
 def test_limb_path_equals_reference_on_random_models(bits):
     ih = _hyper(sum(bits), bits)
-    assert ih.fast is not None
+    assert ih.fast_path() is not None
     rng = np.random.default_rng(1)
     for h, w in [(1, 1), (3, 5), (7, 9), (4, 4)]:
         for z in _inputs(rng, 12, h, w):
@@ -157,7 +157,7 @@ def test_weights_near_the_2_49_bound():
     thresholds = np.floor(np.ldexp(TABLE[:-1], 42)).astype(np.int64)
     ih = IntegerHyperSynthesis(layers, np.full(4, 0.5), [np.full(8, 2.0**-49)], [np.zeros(8, np.int64)],
                                thresholds)
-    assert ih.fast is not None and ih.fast.convs[0].limbs == 7
+    assert ih.fast_path() is not None and ih.fast_path().convs[0].limbs == 7
     for z in _inputs(rng, 4, 5, 3):
         _assert_same(ih, z)
     z = np.ones((1, 4, 5, 3), np.float32)  # q = 1 everywhere: the largest weights all count
@@ -173,8 +173,8 @@ def test_digits_too_large_to_pair_in_int32():
     w[:, :, 0, 0] = rng.integers(-2**15, 2**15, size=(16, 64))
     layers = [_wide_layer(w, 255, x_zero=rng.integers(0, 256, size=64))]
     ih = IntegerHyperSynthesis(layers, np.full(64, 0.25), [], [], np.arange(1, 64, dtype=np.int64) * 2**22)
-    assert ih.fast is not None and not ih.fast.convs[0].paired
-    assert _hyper(13, (8, 8, 8)).fast.convs[0].paired
+    assert ih.fast_path() is not None and not ih.fast_path().convs[0].paired
+    assert _hyper(13, (8, 8, 8)).fast_path().convs[0].paired
     for z in _inputs(rng, 64, 4, 6):
         _assert_same(ih, z)
 
@@ -188,7 +188,7 @@ def test_limb_conv_refuses_what_it_cannot_hold():
     assert LimbConv.build(big, np.zeros(4, np.int64), (1, 1, 1, 1), 1, np.zeros(2, np.int64), 255) is None
     ih = IntegerHyperSynthesis([_wide_layer(big, 255)], np.ones(2), [], [],
                                np.arange(1, 64, dtype=np.int64) * 2**50)
-    assert ih.fast is None
+    assert ih.fast_path() is None
     z = np.round(np.random.default_rng(5).normal(0, 50, size=(1, 2, 3, 4))).astype(np.float32)
     np.testing.assert_array_equal(ih.indexes(z), ih.indexes_reference(z))
 
@@ -219,6 +219,24 @@ def test_results_are_fresh_arrays_and_threads_do_not_share_workspaces():
 
 
 @needs_int8
+def test_the_int8_path_is_built_by_the_first_large_input():
+    """One small call keeps the float64 path (cheaper than building the int8 one); an input of
+    FAST_MIN_PIXELS builds it, and from then on every size uses it. Same integers throughout."""
+    from dqsearch.integer.int_hyper import FAST_MIN_PIXELS
+
+    ih = _hyper(16, (8, 8, 8))
+    rng = np.random.default_rng(17)
+    small = np.round(rng.normal(0, 4, size=(1, 12, 2, 3))).astype(np.float32)
+    large = np.round(rng.normal(0, 4, size=(1, 12, 8, FAST_MIN_PIXELS // 8))).astype(np.float32)
+    want_small = ih.indexes_reference(small)
+    np.testing.assert_array_equal(ih.indexes(small), want_small)
+    assert ih._fast is False  # not built
+    np.testing.assert_array_equal(ih.indexes(large), ih.indexes_reference(large))
+    assert ih._fast is not False and ih._fast is not None
+    np.testing.assert_array_equal(ih.indexes(small), want_small)
+
+
+@needs_int8
 def test_pickles_for_worker_processes():
     import copy
     import pickle
@@ -227,7 +245,7 @@ def test_pickles_for_worker_processes():
     z = np.round(np.random.default_rng(15).normal(0, 4, size=(1, 12, 3, 3))).astype(np.float32)
     want = ih.indexes(z)
     for again in (pickle.loads(pickle.dumps(ih)), copy.deepcopy(ih)):
-        assert again.fast is not None
+        assert again.fast_path() is not None
         np.testing.assert_array_equal(again.indexes(z), want)
 
 
@@ -241,7 +259,7 @@ def test_save_load_keeps_the_format_and_derives_the_limbs(tmp_path):
     assert keys == ({"x_scale", "thresholds", "count"} | {f"{i}.{k}" for i in range(3) for k in per_layer}
                     | {f"{i}.{k}" for i in range(2) for k in ("mult", "next_zero")})
     again = IntegerHyperSynthesis.load(tmp_path / "h.npz")
-    assert again.fast is not None
+    assert again.fast_path() is not None
     z = np.round(np.random.default_rng(9).normal(0, 5, size=(1, 12, 3, 7))).astype(np.float32)
     np.testing.assert_array_equal(again.indexes(z), ih.indexes_reference(z))
     _assert_same(again, z)
@@ -294,7 +312,7 @@ def test_limb_path_equals_reference_on_a_calibrated_model(calibrated, profile):
     full = {n: 8 for n in quantized_layers(model)} | dict(zip(names, profile, strict=True))
     set_profile(model, full)
     ih = integer_hyper(model, full)
-    assert ih.fast is not None
+    assert ih.fast_path() is not None
     with torch.no_grad():
         for x in images:
             z_hat = torch.round(model.h_a(model.g_a(x).abs())).numpy()

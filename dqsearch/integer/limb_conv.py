@@ -44,8 +44,9 @@ class Phase:
     """One output phase (r, t): its taps' window and its weight digits."""
 
     taps: tuple[int, int, int, int]  # rows kh0:kh1, columns kw0:kw1 of the kernel window
-    weight: torch.Tensor  # int8 [K_pad, N]: rows (kh, kw, C), columns (digit, channel), N = L·O padded
-    weight_t: torch.Tensor  # int8 [N, K_pad]: the same, transposed (channels-first output)
+    # int8 [K_pad, N]: rows (kh, kw, C), columns (digit, channel), N = L·O padded; transposed
+    # ([N, K_pad], contiguous) for a channels-first layer
+    weight: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -64,10 +65,11 @@ class LimbConv:
     shuffle: int
     channels: int  # C
     outputs: int  # O (after the shuffle)
+    channels_first: bool  # output [s, s, O, H, W] (else [s, s, H, W, O])
 
     @classmethod
     def build(cls, weight: np.ndarray, bias: np.ndarray, pads: Sequence[int], shuffle: int,
-              x_zero: np.ndarray, qmax: int) -> LimbConv | None:
+              x_zero: np.ndarray, qmax: int, channels_first: bool = False) -> LimbConv | None:
         """Digits and constants of one integer layer (weight int64 [O·s², C, kh, kw] in PixelShuffle
         channel order), or None where a bound would not hold (callers keep float64)."""
         o_s2, c, kh, kw = weight.shape
@@ -79,34 +81,41 @@ class LimbConv:
         in_limbs = digit_count(lo - offset, hi - offset)
         x_abs = max(offset - lo, hi - offset)
         o = o_s2 // (s * s)
-        w6 = weight.reshape(o, s, s, c, kh, kw).astype(np.int64)
-        b3 = bias.reshape(o, s, s).astype(np.int64)
-        zeros = x_zero.astype(np.int64)
-        # per phase: the taps' window, the [K, O] matrix, the bias with the offset's constant
-        parts = [_phase_matrix(w6[:, r, t], b3[:, r, t], zeros, offset) for r in range(s) for t in range(s)]
+        w = weight.astype(np.int64).reshape(o, s * s, c, kh, kw)
+        # Σ (c0 - z)·W: the constant the input offset adds, with the bias, per phase [s², O]
+        shift = w.reshape(o, s * s, c, kh * kw).sum(axis=3) @ (offset - x_zero.astype(np.int64))
+        bias_all = (bias.astype(np.int64).reshape(o, s * s) + shift).T
+        used = (w != 0).reshape(o, s * s, c, kh * kw).any(axis=2).any(axis=0).reshape(s * s, kh, kw)
+        mats, windows = [], []
+        for p in range(s * s):  # each phase over its taps' window, as [K, O] with rows (kh, kw, C)
+            rows, cols_ = np.nonzero(used[p]) if used[p].any() else (np.array([0]), np.array([0]))
+            h0, h1, w0, w1 = int(rows.min()), int(rows.max()) + 1, int(cols_.min()), int(cols_.max()) + 1
+            windows.append((h0, h1, w0, w1))
+            mats.append(w[:, p, :, h0:h1, w0:w1].transpose(2, 3, 1, 0).reshape(-1, o))
         slop = c * kh * kw * 2**14 * in_limbs  # Horner's partial sums exceed |acc| / 256^e by at most this
-        if any(x_abs * int(np.abs(mat).sum(axis=0).max()) + int(np.abs(b).max()) + slop >= _EXACT
-               for _, mat, b in parts):
+        if (x_abs * max(int(np.abs(m).sum(axis=0).max()) for m in mats) + int(np.abs(bias_all).max()) + slop
+                >= _EXACT):
             return None
-        limbs = max(len(digits(mat)) for _, mat, _ in parts)
-        cols = max(_ceil8(limbs * o), 24)  # ≥ 17 rows when transposed
+        phase_digits = [digits(m) for m in mats]
+        limbs = max(len(d) for d in phase_digits)
+        n = max(_ceil8(limbs * o), 24)  # ≥ 17 rows when transposed
         phases, paired = [], in_limbs == 1
-        for taps, mat, _ in parts:
-            d = np.zeros((limbs, *mat.shape), np.int8)
-            dm = digits(mat)
-            d[:len(dm)] = dm
-            k = mat.shape[0]
-            full = np.zeros((_ceil8(k), cols), np.int8)
-            full[:k, :limbs * o] = d.transpose(1, 0, 2).reshape(k, limbs * o)
-            phases.append(Phase(taps, torch.from_numpy(full), torch.from_numpy(np.ascontiguousarray(full.T))))
-            col = x_abs * np.abs(d.astype(np.int64)).sum(axis=1)  # [L, O]: bound of each digit's product
-            paired &= all(int((col[i] + 256 * col[i + 1]).max()) < 2**31 for i in range(0, limbs - 1, 2))
+        for taps, dm in zip(windows, phase_digits, strict=True):
+            k = dm.shape[1]
+            full = np.zeros((_ceil8(k), n), np.int8)
+            full[:k, :len(dm) * o] = dm.transpose(1, 0, 2).reshape(k, len(dm) * o)
+            if paired:  # bound of each digit's product, per column: x_abs · Σ_k |d|
+                col = x_abs * np.abs(full.astype(np.int16)).sum(axis=0, dtype=np.int64)[:limbs * o]
+                col = col.reshape(limbs, o)
+                paired = all(int((col[i] + 256 * col[i + 1]).max()) < 2**31 for i in range(0, limbs - 1, 2))
+            full = np.ascontiguousarray(full.T) if channels_first else full
+            phases.append(Phase(taps, torch.from_numpy(full)))
         pad_digits = np.zeros((in_limbs, c), np.int8)
-        zd = digits(zeros - offset)
+        zd = digits(x_zero.astype(np.int64) - offset)
         pad_digits[:len(zd)] = zd
-        bias_all = np.stack([b for _, _, b in parts]).astype(np.float64)
         return cls(phases, limbs, paired, in_limbs, offset, torch.from_numpy(pad_digits),
-                   torch.from_numpy(bias_all), (kh, kw), tuple(int(p) for p in pads), s, c, o)
+                   torch.from_numpy(bias_all.astype(np.float64)), (kh, kw), tuple(int(p) for p in pads),
+                   s, c, o, channels_first)
 
     def buffer(self, h: int, w: int, ws: Workspace) -> torch.Tensor:
         """The padded input [J, H + pads, W + pads, C] with the zero-point's digits on the border
@@ -123,29 +132,31 @@ class LimbConv:
         top, left, bottom, right = self.pads
         return buf[:, top:buf.shape[1] - bottom, left:buf.shape[2] - right]
 
-    def __call__(self, buf: torch.Tensor, ws: Workspace, channels_first: bool = False) -> torch.Tensor:
+    def __call__(self, buf: torch.Tensor, ws: Workspace) -> torch.Tensor:
         """Exact accumulators (bias included, no ReLU) of a filled buffer, float64 in phase-major
-        order: [s, s, H', W', O], or [s, s, O, H', W'] with `channels_first` (a workspace tensor:
+        order: [s, s, H', W', O], or [s, s, O, H', W'] if `channels_first` (a workspace tensor:
         valid until the next call)."""
         j, hp, wp, c = buf.shape
         kh, kw = self.kernel
         h, w = hp - kh + 1, wp - kw + 1
         m, s, o = h * w, self.shuffle, self.outputs
-        n = self.phases[0].weight.shape[1]
+        channels_first = self.channels_first
+        n = self.phases[0].weight.shape[0 if channels_first else 1]
         shape = (s * s, n, j * m) if channels_first else (s * s, j * m, n)
         prod, _ = ws.get((id(self), "prod"), shape, torch.int32)
         sj, sh, sw, _ = buf.stride()
         for i, ph in enumerate(self.phases):
             h0, h1, w0, w1 = ph.taps
             k = (h1 - h0) * (w1 - w0) * c
-            cols, new = ws.get((id(self), "cols", i), (j * m, ph.weight.shape[0]), torch.int8)
+            k_pad = ph.weight.shape[1 if channels_first else 0]
+            cols, new = ws.get((id(self), "cols", i), (j * m, k_pad), torch.int8)
             if new:
                 cols[:, k:] = 0  # K padded to a multiple of 8
             cols[:, :k].view(j, h, w, h1 - h0, w1 - w0, c).copy_(
                 buf.as_strided((j, h, w, h1 - h0, w1 - w0, c), (sj, sh, sw, sh, sw, 1),
                                buf.storage_offset() + h0 * sh + w0 * sw))
             if channels_first:
-                int8_matmul(ph.weight_t, cols.t(), out=prod[i])
+                int8_matmul(ph.weight, cols.t(), out=prod[i])
             else:
                 int8_matmul(cols, ph.weight, out=prod[i])
         acc, _ = ws.get((id(self), "acc", channels_first),
@@ -185,20 +196,6 @@ class LimbConv:
         out.copy_(group(groups[-1]))
         for g in reversed(groups[:-1]):
             add(group(g), 65536)
-
-
-def _phase_matrix(w: np.ndarray, b: np.ndarray, x_zero: np.ndarray, offset: int
-                  ) -> tuple[tuple[int, int, int, int], np.ndarray, np.ndarray]:
-    """One phase (w int64 [O, C, kh, kw]): its taps' window, the weights over it as [K, O] with rows
-    (kh, kw, C), and the bias plus Σ (c0 - z)·W (the constant the input offset adds)."""
-    o, c, kh, kw = w.shape
-    used = np.nonzero(w.any(axis=(0, 1)))
-    if len(used[0]) == 0:  # an all-zero phase: one zero tap keeps the shapes valid
-        used = (np.array([0]), np.array([0]))
-    h0, h1, w0, w1 = used[0].min(), used[0].max() + 1, used[1].min(), used[1].max() + 1
-    mat = w[:, :, h0:h1, w0:w1].transpose(2, 3, 1, 0).reshape(-1, o)
-    bias = b + w.sum(axis=(2, 3)) @ (offset - x_zero)
-    return (int(h0), int(h1), int(w0), int(w1)), mat, bias
 
 
 def _diagonal(term: Callable[[int, int], torch.Tensor], j: int, limbs: int, e: int, wide: torch.Tensor

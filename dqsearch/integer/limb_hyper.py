@@ -66,8 +66,9 @@ class LimbHyper:
     def build(cls, layers: Sequence, multipliers: Sequence[np.ndarray], next_zero: Sequence[np.ndarray],
               thresholds: np.ndarray) -> LimbHyper | None:
         """From `IntegerHyperSynthesis` parts (`layers`: its `IntLayer`s)."""
-        convs = [LimbConv.build(lay.weight, lay.bias, lay.pads, lay.shuffle, lay.x_zero, lay.qmax)
-                 for lay in layers]
+        convs = [LimbConv.build(lay.weight, lay.bias, lay.pads, lay.shuffle, lay.x_zero, lay.qmax,
+                                channels_first=i == len(layers) - 1)  # the last: indexes are [M, H, W]
+                 for i, lay in enumerate(layers)]
         if any(c is None for c in convs):
             return None
         requants = []
@@ -93,7 +94,7 @@ class LimbHyper:
             x = requant(conv(buf, ws))  # [s, s, h, w, O] offset values of the next layer's input
             buf = nxt.buffer(x.shape[2] * conv.shuffle, x.shape[3] * conv.shuffle, ws)
             _write(nxt.interior(buf), x)
-        return self.convs[-1](buf, ws, channels_first=True).clamp_min_(0)
+        return self.convs[-1](buf, ws).clamp_min_(0)
 
     def indexes(self, acc: torch.Tensor, thresholds: np.ndarray) -> np.ndarray:
         """Scale-table indexes int32 [M, H·s, W·s] of `accumulator`'s output."""

@@ -21,14 +21,18 @@ MAX_K = (2**31 - 1) // (128 * 128)  # |Σ_k a_k d_k| ≤ K · 2^14 stays inside 
 def digits(values: np.ndarray) -> np.ndarray:
     """Balanced base-256 digits of int64 `values` (|v| < 2^62): int8 [L, *values.shape] with
     Σ_l d_l 256^l = values, L the fewest digits that represent every value (at least one)."""
-    rest = np.asarray(values, dtype=np.int64)
-    out = []
-    while True:
-        d = ((rest + 128) & 255) - 128  # in [-128, 127], congruent to rest mod 256
-        out.append(d.astype(np.int8))
-        rest = (rest - d) >> 8  # exact: rest - d is a multiple of 256
-        if not rest.any():
-            return np.stack(out)
+    rest = np.array(values, dtype=np.int64)  # a copy: shifted in place below
+    count = 1
+    if rest.size:
+        lo, hi = int(rest.min()), int(rest.max())
+        while not (-128 * (256**count - 1) // 255 <= lo and hi <= 127 * (256**count - 1) // 255):
+            count += 1
+    out = np.empty((count, *rest.shape), np.int8)
+    for i in range(count):
+        rest += 128  # d = ((v + 128) mod 256) - 128 ∈ [-128, 127]; (v - d) / 256 = (v + 128) >> 8
+        np.subtract(rest & 255, 128, out=out[i], casting="unsafe")
+        rest >>= 8
+    return out
 
 
 def digit_count(lo: int, hi: int) -> int:
