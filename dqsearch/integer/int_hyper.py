@@ -19,7 +19,7 @@ indexes are the same on every machine:
 
 Speed: the float64 path (`accumulator_reference`) is the reference; where `torch._int_mm` works
 and the bounds hold, `indexes`/`accumulator` compute the same integers as int8 limb products
-(`limb_hyper`), 3.7–4.2× faster at 768×512; tests hold both paths equal. That path is built on
+(`limb_hyper`), 3.7–4.4× faster at 768×512; tests hold both paths equal. That path is built on
 first use by an input of at least `FAST_MIN_PIXELS` (or by `fast_path()`): building it (~5 ms)
 costs more than one small image saves.
 
