@@ -111,3 +111,17 @@ def test_pytorch_and_deployed_integer_codecs_interoperate(exported, mixed_checkp
     float_data = any_encode(model, ck.model_id, image, hyper="float:torch").data
     with pytest.raises(BitstreamError, match="float:torch"):
         rt.decode(float_data)
+
+
+def test_int8_limb_path_equals_the_float64_reference(hyper_case):
+    """The fast path (int8 limb products) and the float64 reference give the same integers on the
+    mixed checkpoint (its 12-bit g_s layer aside, h_s at 8 bits): accumulators and indexes."""
+    from dqsearch.integer.limbs import int8_matmul_works
+
+    _, ih, z_hat, _ = hyper_case
+    if not int8_matmul_works():
+        pytest.skip("torch._int_mm is missing or inexact here")
+    assert ih.fast_path() is not None
+    z = z_hat.numpy()
+    np.testing.assert_array_equal(ih.accumulator(z), ih.accumulator_reference(z))
+    np.testing.assert_array_equal(ih.indexes(z), ih.indexes_reference(z))
