@@ -9,8 +9,9 @@ The arithmetic byte says how the scale-table indexes were computed, so that a de
 reproduce them bit for bit refuses the file instead of desynchronising the rANS stream (garbage):
 `integer` (`dqsearch.integer.int_hyper`: identical on every engine and machine; the default wherever
 the model allows it) or the float h_s of one engine (`float:torch`, `float:ort-cpu`,
-`float:x86-int8`), which only that engine decodes. Version 1 (no byte; an optional payload tag "h") is still read: its untagged
-streams are `float:v1`, which PyTorch decodes as before and other engines refuse.
+`float:x86-int8`), which only that engine decodes. Version 1 (no byte; an optional payload tag "h")
+is still read: its untagged streams are `float:v1`, which PyTorch decodes as before and other
+engines refuse.
 The payload is a tagged tree (bytes / list / dict / int) holding CompressAI's `strings` and
 `shape`. Every length is checked against the bytes that remain, the image size is bounded before
 anything is allocated, and the CRC turns any bit flip or truncation into a clear error instead of a

@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import json
 import shutil
-import warnings
 
 import numpy as np
 import pytest
 import torch
+from dqsearch_x86 import X86Deployment
+from dqsearch_x86 import kernels as K
+from dqsearch_x86.program import ArtifactError, load_program
+from x86_helpers import export, photo
 
 from dqsearch.codec import BitstreamError, decode, encode, latents
 from dqsearch.deploy.runtime import Runtime
 from dqsearch.evaluate import psnr
 from dqsearch.models import load_checkpoint
-from dqsearch_x86 import X86Deployment
-from dqsearch_x86 import kernels as K
-from dqsearch_x86.program import ArtifactError, load_program
-
-from x86_helpers import export, photo
 
 #: the tiny untrained models decode to near-constant images, so any engine is within ~70–85 dB of
 #: PyTorch on them: they check mechanisms (streams, fallbacks, files); the bundled model, PTQ,
@@ -172,7 +170,8 @@ def test_a_failing_compilation_falls_back_to_eager(monkeypatch, x86_export):
 def test_missing_or_corrupt_artifacts_say_re_export(tmp_path, checkpoint_8bit, x86_export):
     store = export(checkpoint_8bit, tmp_path / "broken")
     folder = _profile_folder(store)
-    data = encode(load_checkpoint(checkpoint_8bit).model.eval(), store.manifest["model_id"], photo(64, 64)).data
+    model = load_checkpoint(checkpoint_8bit).model.eval()
+    data = encode(model, store.manifest["model_id"], photo(64, 64)).data
     path = folder / "g_s.npz"
     path.write_bytes(path.read_bytes()[:1000])  # truncated
     with pytest.raises(ArtifactError, match="g_s.npz is corrupt.*re-export") as e:
@@ -244,19 +243,17 @@ def test_same_integers_as_the_ort_export():
 def test_cli_export_compress_decompress(tmp_path, checkpoint_8bit, capsys):
     """`dqsearch export --backend x86-int8`, then compress/decompress --runtime --timing."""
     from dqsearch.cli import main
-    from dqsearch.data import save_image
+    from dqsearch.data import load_image, save_image
 
     src = tmp_path / "in.png"
     save_image(photo(67, 45), src)
     out = tmp_path / "exp"
-    assert main(["export", "--checkpoint", str(checkpoint_8bit), "--backend", "x86-int8", "-o", str(out)]) == 0
+    assert main(["export", "--checkpoint", str(checkpoint_8bit), "--backend", "x86-int8",
+                 "-o", str(out)]) == 0
     assert "backend x86-int8" in capsys.readouterr().out
     assert main(["compress", str(src), "-o", str(tmp_path / "a.dqs"), "--runtime", str(out)]) == 0
     assert main(["decompress", str(tmp_path / "a.dqs"), "-o", str(tmp_path / "a.png"), "--runtime", str(out),
                  "--timing"]) == 0
     text = capsys.readouterr().out
     assert "g_s" in text and "67x45" in text
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from dqsearch.data import load_image
     assert load_image(tmp_path / "a.png").shape == (3, 45, 67)
