@@ -140,15 +140,22 @@ def _int8_layer(lq: LayerQuant, out_range: tuple[float, float] | None, arrays: d
 
 
 def _float_layer(lq: LayerQuant, arrays: dict, key: str) -> dict[str, Any]:
-    arrays[f"{key}.weight"] = lq.weight.astype(np.float32)
+    """An exact layer as its learned integers (uint8/uint16) and (s_w, z_w): `Layer` recomputes
+    W~ = s_w (q − z_w) with the same float32 operations as `params.layer_quant` (bit-identical, a
+    quarter or half the bytes of float weights); an FP32 layer as its float weights."""
     if lq.bias is not None:
         arrays[f"{key}.bias"] = lq.bias.astype(np.float32)
     entry: dict[str, Any] = _conv_entry(lq)
-    if lq.quantized:
-        arrays[f"{key}.x_scale"] = lq.x_scale.astype(np.float32)
-        arrays[f"{key}.x_zero"] = lq.x_zero.astype(np.float32)
-        entry["qmax"] = int(lq.qmax)
-        entry["y_q"] = None if lq.y_scale is None else [float(lq.y_scale), int(lq.y_zero)]
+    if not lq.quantized:
+        arrays[f"{key}.weight"] = lq.weight.astype(np.float32)
+        return entry
+    arrays[f"{key}.w_int"] = lq.w_int.astype(np.uint8 if lq.qmax <= 255 else np.uint16)
+    arrays[f"{key}.w_scale"] = lq.w_scale.astype(np.float32)
+    arrays[f"{key}.w_zero"] = lq.w_zero.astype(np.float32)
+    arrays[f"{key}.x_scale"] = lq.x_scale.astype(np.float32)
+    arrays[f"{key}.x_zero"] = lq.x_zero.astype(np.float32)
+    entry["qmax"] = int(lq.qmax)
+    entry["y_q"] = None if lq.y_scale is None else [float(lq.y_scale), int(lq.y_zero)]
     return entry
 
 
@@ -249,12 +256,12 @@ def _check(path: Path, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]
                 want(f"{k}.bias", "f", (o,))
         else:
             shape = (c_in, c_out, kh, kw) if e.get("transposed") else (c_out, c_in, kh, kw)
-            want(f"{k}.weight", "f", shape)
+            want(f"{k}.weight" if kind == "fp32" else f"{k}.w_int", "f" if kind == "fp32" else "u", shape)
             if f"{k}.bias" in arrays:
                 want(f"{k}.bias", "f", (c_out,))
             if kind == "exact":
-                want(f"{k}.x_scale", "f", (c_in,))
-                want(f"{k}.x_zero", "f", (c_in,))
+                for name, n in (("w_scale", c_out), ("w_zero", c_out), ("x_scale", c_in), ("x_zero", c_in)):
+                    want(f"{k}.{name}", "f", (n,))
         if act in ("gdn", "igdn"):
             want(f"{k}.gamma", "f", (c_out, c_out))
             want(f"{k}.beta", "f", (c_out,))

@@ -59,6 +59,14 @@ def _gamma_conv(gamma: np.ndarray, beta: np.ndarray, norm_max: float) -> QConv2d
     return conv
 
 
+def _fake_quantized_weight(arrays: Mapping[str, np.ndarray], key: str, transposed: bool) -> Tensor:
+    """W~ = s_w (q − z_w), the float32 operations of `dqsearch.integer.params.layer_quant`."""
+    q = torch.from_numpy(arrays[f"{key}.w_int"].astype(np.float32))
+    shape = [1, -1, 1, 1] if transposed else [-1, 1, 1, 1]
+    s, z = (torch.from_numpy(arrays[f"{key}.{n}"]).view(shape) for n in ("w_scale", "w_zero"))
+    return s * (q - z)
+
+
 class Layer:
     """One layer of the chain and the activation after it (plain object: no autograd, no hooks)."""
 
@@ -79,7 +87,8 @@ class Layer:
             self.transposed = bool(e["transposed"])
             self.stride, self.padding = tuple(e["stride"]), tuple(e["padding"])
             self.output_padding = tuple(e["output_padding"])
-            self.weight = torch.from_numpy(arrays[f"{key}.weight"])
+            self.weight = (torch.from_numpy(arrays[f"{key}.weight"]) if self.kind == "fp32"
+                           else _fake_quantized_weight(arrays, key, self.transposed))
             self.bias_t = None if self.bias is None else torch.from_numpy(self.bias)
             self.x_q = None
             if self.kind == "exact":
