@@ -10,6 +10,7 @@ and the profile, not on the weights), h_s as the integer hyper-synthesis the def
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +24,7 @@ from dqsearch.backends import (
     FP32,
     Backend,
     BackendError,
+    ContextProfile,
     LayerSpec,
     Measurement,
     ModelTrace,
@@ -38,6 +40,7 @@ from dqsearch.integer.params import model_layers
 from dqsearch.quant.wrap import QuantPolicy, calibrate, quantized_layers, wrap
 from dqsearch.units import INT8_TRANSFORMS
 
+from . import context
 from .deployment import X86Deployment
 from .engine import unavailable, x86
 from .kernels import compile_unavailable
@@ -142,6 +145,57 @@ class X86Backend(Backend):
         mod = X86Transform(meta, arrays, self.threads, self.compile)
         return Measurement.from_samples(self._time([lambda: mod(x)]))
 
+    def profile_context(self, model: nn.Module, trace: ModelTrace, bits: Sequence[int], *,
+                        progress: bool = False, store: dict | None = None,
+                        save: Callable[[], None] | None = None, isolated: Any = None) -> ContextProfile:
+        """Layers timed in their deployed chain (`context`): per transform, the uniform and the
+        alternating container profiles, each layer's segment per run; h_s's integer containers as
+        the integer hyper-synthesis (its time split evenly over its layers: its cost barely
+        depends on the bits)."""
+        store = store if store is not None else {}
+        order = ["int8", "exact", "fp32"]
+        containers = sorted({self.container(b) for b in bits}, key=order.index)
+        widest = {c: max(b for b in bits if self.container(b) == c) for c in containers}
+        copy = self._copy(model)
+        layers: dict[str, dict[str, Measurement]] = {}
+        fixed_parts, transitions, info = [], [], {}
+        for group, gshape in trace.group_inputs.items():
+            names = [n for n in trace.names if n.split(".")[0] == group]
+            runs = []
+            for p in context.design(names, containers):
+                key = f"{group}|" + ",".join(p[n] for n in names)
+                if key not in store:
+                    store[key] = {"profile": p, "segments": self._segments(
+                        copy, model, group, gshape, {n: widest[c] for n, c in p.items()})}
+                    if save:
+                        save()
+                runs.append((store[key]["profile"], store[key]["segments"]))
+            a, fixed, trans = context.fit_chain(names, containers, runs)
+            ints = [c for c in containers if c != "fp32"]
+            # (other transforms' layers at 8 bits: the integer h_s reads only its own)
+            int_profile = {n: widest[ints[0]] if n in names else 8 for n in copy.names} if ints else {}
+            if group == "h_s" and ints and self._integer_h_s(copy, names, int_profile):
+                for c in ints:  # the default export's h_s: the integer hyper-synthesis
+                    key = f"h_s|integer|{c}"
+                    if key not in store:
+                        store[key] = self._integer_samples(copy, gshape, {n: widest[c] for n in names})
+                        if save:
+                            save()
+                    share = [max(t - f, 0.0) / len(names) for t, f in zip(store[key], fixed, strict=False)]
+                    for n in names:
+                        a[n][c] = share
+                trans = [{**t, "cost": {k: v for k, v in t["cost"].items()
+                                        if not all(side in ints for side in k.split(">"))}} for t in trans]
+            for n, per in a.items():
+                layers[n] = {c: Measurement.from_samples(v) for c, v in per.items()}
+            fixed_parts.append(fixed)
+            transitions += [t for t in trans if t["cost"]]
+            info[group] = {"runs": len(runs), "fixed_ms": statistics.median(fixed)}
+        total = [sum(col) for col in zip(*fixed_parts, strict=True)]
+        return ContextProfile(layers, Measurement.from_samples(total), transitions,
+                              {"design": "uniform + alternating container profiles per chain",
+                               "containers": containers, "transforms": info})
+
     def profile_model(self, model: nn.Module, bit_profile: Mapping[str, int],
                       input_shape: str | Sequence[int]) -> Measurement:
         """Σ over transforms (g_a, h_a, h_s, g_s on inputs shaped as `trace.group_inputs`) of the
@@ -152,9 +206,7 @@ class X86Backend(Backend):
             self._traces[key] = trace_model(model, shape)
         trace = self._traces[key]
         self.check_profile(trace.names, bit_profile)
-        if id(model) not in self._copies:
-            self._copies[id(model)] = _Copy(model)
-        copy = self._copies[id(model)]
+        copy = self._copy(model)
         profile = {n: int(bit_profile[n]) for n in copy.names}
         runs = []
         with torch.random.fork_rng(devices=[]):
@@ -174,6 +226,44 @@ class X86Backend(Backend):
         return Measurement.from_samples(self._time(runs))
 
     # --- helpers --------------------------------------------------------------------------------
+    def _copy(self, model: nn.Module) -> _Copy:
+        if id(model) not in self._copies:
+            self._copies[id(model)] = _Copy(model)
+        return self._copies[id(model)]
+
+    def _segments(self, copy: _Copy, model: nn.Module, group: str, shape: Sequence[int],
+                  group_bits: Mapping[str, int]) -> list[list[float]]:
+        """[head, layer segments…, call overhead] ms per repeat of one transform at `group_bits`
+        (the model's other layers at FP32, which this transform does not see)."""
+        profile = {n: int(group_bits.get(n, FP32)) for n in copy.names}
+        arith = self.arithmetic if group in INT8_TRANSFORMS else "exact"
+        meta, arrays = copy.program(group, profile, arith, _abs_input(model, group))
+        mod = X86Transform(meta, arrays, self.threads, self.compile)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            x = torch.randn(tuple(shape))
+        now, out = self._now(), []
+        with x86(self.threads):
+            for _ in range(self.warmup):
+                mod.segments(x, now)
+            for _ in range(self.repeats):
+                _evict_caches()
+                t = now()
+                segs = mod.segments(x, now)
+                total = now() - t
+                out.append([1e3 * v for v in (*segs, max(total - sum(segs), 0.0))])
+        return out
+
+    def _integer_samples(self, copy: _Copy, shape: Sequence[int], group_bits: Mapping[str, int]
+                         ) -> list[float]:
+        """ms per repeat of the integer h_s at `group_bits` (it reads only the h_s layers)."""
+        profile = {n: int(group_bits.get(n, 8)) for n in copy.names}
+        hyper = integer_hyper(copy.model, profile)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            z = torch.round(3 * torch.randn(tuple(shape))).numpy()
+        return self._time([lambda: hyper.indexes(z)])
+
     def _integer_h_s(self, copy: _Copy, names: list[str], profile: Mapping[str, int]) -> bool:
         """Whether the default export runs this h_s as the integer hyper-synthesis."""
         return (self.hyper == "integer" and bool(names) and all(profile.get(n, FP32) != FP32 for n in names)
@@ -194,6 +284,19 @@ class X86Backend(Backend):
                     f()
                 samples.append((now() - t) * 1e3)
         return samples
+
+
+_EVICT: list[torch.Tensor] = []
+
+
+def _evict_caches() -> None:
+    """Write 64 MB (more than this CPU's caches) so that a transform timed alone starts as cold as
+    it does between the other transforms of `profile_model` (and of a real decode): float layers
+    move 4× the bytes of int8 ones and suffer most from that difference (measured: an exact layer
+    inside int8 g_s was 16% cheaper in a warm loop than in the model)."""
+    if not _EVICT:
+        _EVICT.append(torch.empty(16 * 2**20, dtype=torch.float32))
+    _EVICT[0].fill_(1.0)
 
 
 def x86_int8(**options: Any) -> X86Backend:

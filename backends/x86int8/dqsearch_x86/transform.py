@@ -8,7 +8,7 @@ anything else unshuffles it to float NCHW first.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -168,12 +168,28 @@ class X86Transform(nn.Module):
         with x86(self.threads):
             return self._run(x)
 
-    def _run(self, x: Tensor) -> Tensor:
+    def segments(self, x: Tensor, now: Callable[[], float]) -> list[float]:
+        """Run once and return [head, layer 0, …, layer n−1] times (s, by `now`): a layer's
+        segment runs from its convolution up to the next layer's (its activation and whatever
+        the next layer's input needs from it: a requantization, a fused int8 GDN), the head
+        everything before the first convolution. Timed like this, a segment depends on its own
+        layer's container and the next one's only (`backend.X86Backend.profile_context`)."""
+        marks: list[float] = []
+        with x86(self.threads):
+            self._run(x, marks, now)
+        return [b - a for a, b in zip(marks, marks[1:], strict=False)]
+
+    def _run(self, x: Tensor, marks: list[float] | None = None, now: Callable[[], float] | None = None
+             ) -> Tensor:
+        if marks is not None:
+            marks.append(now())
         if self.abs_input:
             x = torch.abs(x)
         q: Tensor | None = None  # the quint8 input of the next layer, when the previous one wrote it
         for i, layer in enumerate(self.layers):
             if layer.kind != "int8":
+                if marks is not None:
+                    marks.append(now())
                 x = layer.float_act(layer.float_conv(x))
                 continue
             if q is None:
@@ -181,6 +197,8 @@ class X86Transform(nn.Module):
                     x = torch.clamp_max(x, layer.in_hi)
                 q = torch.quantize_per_tensor(x.contiguous(memory_format=torch.channels_last),
                                               *layer.in_q, torch.quint8)
+            if marks is not None:
+                marks.append(now())
             y = layer.conv(q)  # quint8 channels-last; phase-major channels for a sub-pixel layer
             if self.fused[i]:
                 q = self._int8_gdn(layer, y)
@@ -188,7 +206,10 @@ class X86Transform(nn.Module):
             q = None
             x = y.dequantize()
             x = layer.float_act(_unshuffle(x) if layer.subpixel else x.contiguous())
-        return x.contiguous()
+        x = x.contiguous()
+        if marks is not None:
+            marks.append(now())
+        return x
 
     def _int8_gdn(self, layer: Layer, y: Tensor) -> Tensor:
         """uint8 conv output → int8 GDN/IGDN → the next layer's quint8 input (shuffled if sub-pixel)."""
