@@ -95,7 +95,6 @@ class Layer:
                 self.x_q = (torch.from_numpy(arrays[f"{key}.x_scale"]).view(1, -1, 1, 1),
                             torch.from_numpy(arrays[f"{key}.x_zero"]).view(1, -1, 1, 1), float(e["qmax"]))
             self.y_q = e.get("y_q")
-        self.gdn = None
         if self.act in ("gdn", "igdn"):
             c = len(arrays[f"{key}.beta"])
             self.gamma = torch.from_numpy(arrays[f"{key}.gamma"]).reshape(c, c, 1, 1).contiguous()

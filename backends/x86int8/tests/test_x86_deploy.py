@@ -133,6 +133,24 @@ def test_eager_fallback_computes_what_the_compiled_kernels_compute(x86_export):
         assert (a - b).abs().mean() < 1e-3
 
 
+@pytest.mark.parametrize("inverse", [True, False])
+def test_eager_lookup_tables_are_the_kernels_bit_for_bit(inverse):
+    """The eager path's tables give the very bytes the kernel functions compute eagerly, in the
+    layouts the transforms pass (channels-last, and the phase-major view of a sub-pixel output)."""
+    gen = torch.Generator().manual_seed(0)
+    u8 = torch.randint(0, 256, (1, 8, 6, 20), dtype=torch.uint8, generator=gen)
+    n8 = torch.randint(0, 256, (1, 8, 6, 20), dtype=torch.uint8, generator=gen)
+    c = [torch.tensor(v) for v in (0.031, 97.0, 0.017, 0.021, 3.0, 0.043, 121.0, 250.0)]
+    s, z, s2 = c[0], c[1], c[2]
+    for layout in (torch.contiguous_format, torch.channels_last):
+        a, b = u8.contiguous(memory_format=layout), n8.contiguous(memory_format=layout)
+        assert torch.equal(K.square_lut(a, s, z, s2), K.square_u8(a, s, z, s2))
+        k = (*c[:2], *c[3:], inverse)
+        assert torch.equal(K.gdn_lut(a, b, *k), K.gdn_out_u8(a, b, *k))
+        assert torch.equal(K.igdn_shuffle_lut(a, b, *k), K.igdn_shuffle_u8(a, b, *k))
+        assert K.square_lut(a, s, z, s2).stride() == a.stride()
+
+
 def test_no_compiler_means_eager_with_one_warning(monkeypatch, x86_export):
     monkeypatch.setenv("DQSEARCH_X86_COMPILE", "0")
     monkeypatch.setattr(K.Kernels, "_warned", False)
