@@ -133,6 +133,20 @@ def test_eager_fallback_computes_what_the_compiled_kernels_compute(x86_export):
         assert (a - b).abs().mean() < 1e-3
 
 
+def test_a_new_image_size_does_not_recompile(x86_export):
+    """dynamic=True: the kernels compiled for one size serve every other size."""
+    if K.compile_unavailable():
+        pytest.skip(f"torch.compile unavailable here: {K.compile_unavailable()}")
+    from torch._dynamo.utils import counters
+
+    g_s = X86Deployment().module(_profile_folder(x86_export), "g_s")
+    g_s(torch.round(torch.randn(1, 24, 5, 7) * 3))
+    compiled = counters["stats"]["unique_graphs"]
+    for h, w in ((3, 11), (9, 4), (16, 24)):
+        assert g_s(torch.round(torch.randn(1, 24, h, w) * 3)).shape == (1, 3, 16 * h, 16 * w)
+    assert counters["stats"]["unique_graphs"] == compiled
+
+
 @pytest.mark.parametrize("inverse", [True, False])
 def test_eager_lookup_tables_are_the_kernels_bit_for_bit(inverse):
     """The eager path's tables give the very bytes the kernel functions compute eagerly, in the
