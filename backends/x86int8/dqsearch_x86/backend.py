@@ -148,41 +148,50 @@ class X86Backend(Backend):
     def profile_context(self, model: nn.Module, trace: ModelTrace, bits: Sequence[int], *,
                         progress: bool = False, store: dict | None = None,
                         save: Callable[[], None] | None = None, isolated: Any = None) -> ContextProfile:
-        """Layers timed in their deployed chain (`context`): per transform, the uniform and the
-        alternating container profiles, each layer's segment per run; h_s's integer containers as
-        the integer hyper-synthesis (its time split evenly over its layers: its cost barely
+        """Layers timed in their deployed chain (`context`): every transform at the uniform and the
+        alternating container profiles, each layer's segment per run, the four transforms run one
+        after the other in every repeat as `profile_model` runs them (timed alone in a loop, a
+        tiny model's int8 transforms ran 25% faster than in sequence); h_s's integer containers
+        as the integer hyper-synthesis, its time split evenly over its layers (its cost barely
         depends on the bits)."""
         store = store if store is not None else {}
         order = ["int8", "exact", "fp32"]
         containers = sorted({self.container(b) for b in bits}, key=order.index)
         widest = {c: max(b for b in bits if self.container(b) == c) for c in containers}
+        ints = [c for c in containers if c != "fp32"]
         copy = self._copy(model)
+        names = {g: [n for n in trace.names if n.split(".")[0] == g] for g in trace.group_inputs}
+        designs = {g: context.design(names[g], containers) for g in names}
+        integer_hs = "h_s" in names and bool(ints) and self._integer_h_s(
+            copy, names["h_s"], {n: widest[ints[0]] if n.startswith("h_s.") else 8 for n in copy.names})
+        for k in range(max(len(d) for d in designs.values())):
+            runs: dict[str, tuple[dict, Callable[[], list[float]]]] = {}
+            for g, gshape in trace.group_inputs.items():
+                p = designs[g][k % len(designs[g])]
+                runs[f"{g}|" + ",".join(p[n] for n in names[g])] = (p, self._chain_run(
+                    copy, model, g, gshape, {n: widest[c] for n, c in p.items()}))
+            if integer_hs and k < len(containers) and containers[k] in ints:
+                c = containers[k]  # the uniform round of an integer container: the integer h_s too
+                runs[f"h_s|integer|{c}"] = ({}, self._integer_run(copy, trace.group_inputs["h_s"],
+                                                                  dict.fromkeys(names["h_s"], widest[c])))
+            if all(key in store for key in runs):
+                continue
+            timed = self._interleaved({key: f for key, (_, f) in runs.items()})
+            for key, (p, _) in runs.items():
+                store.setdefault(key, {"profile": p, "segments": timed[key]})
+            if save:
+                save()
         layers: dict[str, dict[str, Measurement]] = {}
         fixed_parts, transitions, info = [], [], {}
-        for group, gshape in trace.group_inputs.items():
-            names = [n for n in trace.names if n.split(".")[0] == group]
-            runs = []
-            for p in context.design(names, containers):
-                key = f"{group}|" + ",".join(p[n] for n in names)
-                if key not in store:
-                    store[key] = {"profile": p, "segments": self._segments(
-                        copy, model, group, gshape, {n: widest[c] for n, c in p.items()})}
-                    if save:
-                        save()
-                runs.append((store[key]["profile"], store[key]["segments"]))
-            a, fixed, trans = context.fit_chain(names, containers, runs)
-            ints = [c for c in containers if c != "fp32"]
-            # (other transforms' layers at 8 bits: the integer h_s reads only its own)
-            int_profile = {n: widest[ints[0]] if n in names else 8 for n in copy.names} if ints else {}
-            if group == "h_s" and ints and self._integer_h_s(copy, names, int_profile):
+        for g in trace.group_inputs:
+            runs_g = [(store[key]["profile"], store[key]["segments"]) for key in dict.fromkeys(
+                f"{g}|" + ",".join(p[n] for n in names[g]) for p in designs[g])]
+            a, fixed, trans = context.fit_chain(names[g], containers, runs_g)
+            if g == "h_s" and integer_hs:
                 for c in ints:  # the default export's h_s: the integer hyper-synthesis
-                    key = f"h_s|integer|{c}"
-                    if key not in store:
-                        store[key] = self._integer_samples(copy, gshape, {n: widest[c] for n in names})
-                        if save:
-                            save()
-                    share = [max(t - f, 0.0) / len(names) for t, f in zip(store[key], fixed, strict=False)]
-                    for n in names:
+                    t_int = [r[0] for r in store[f"h_s|integer|{c}"]["segments"]]
+                    share = [max(t - f, 0.0) / len(names[g]) for t, f in zip(t_int, fixed, strict=False)]
+                    for n in names[g]:
                         a[n][c] = share
                 trans = [{**t, "cost": {k: v for k, v in t["cost"].items()
                                         if not all(side in ints for side in k.split(">"))}} for t in trans]
@@ -190,10 +199,11 @@ class X86Backend(Backend):
                 layers[n] = {c: Measurement.from_samples(v) for c, v in per.items()}
             fixed_parts.append(fixed)
             transitions += [t for t in trans if t["cost"]]
-            info[group] = {"runs": len(runs), "fixed_ms": statistics.median(fixed)}
-        total = [sum(col) for col in zip(*fixed_parts, strict=True)]
+            info[g] = {"runs": len(runs_g), "fixed_ms": statistics.median(fixed)}
+        total = [sum(col) for col in zip(*fixed_parts, strict=False)]
         return ContextProfile(layers, Measurement.from_samples(total), transitions,
-                              {"design": "uniform + alternating container profiles per chain",
+                              {"design": "uniform + alternating container profiles per chain, the "
+                                         "transforms in sequence in every repeat",
                                "containers": containers, "transforms": info})
 
     def profile_model(self, model: nn.Module, bit_profile: Mapping[str, int],
@@ -231,10 +241,10 @@ class X86Backend(Backend):
             self._copies[id(model)] = _Copy(model)
         return self._copies[id(model)]
 
-    def _segments(self, copy: _Copy, model: nn.Module, group: str, shape: Sequence[int],
-                  group_bits: Mapping[str, int]) -> list[list[float]]:
-        """[head, layer segments…, call overhead] ms per repeat of one transform at `group_bits`
-        (the model's other layers at FP32, which this transform does not see)."""
+    def _chain_run(self, copy: _Copy, model: nn.Module, group: str, shape: Sequence[int],
+                   group_bits: Mapping[str, int]) -> Callable[[], list[float]]:
+        """One transform at `group_bits` (the rest of the model at FP32, which it does not see) as
+        a call returning [head, layer segments…, call overhead] in ms."""
         profile = {n: int(group_bits.get(n, FP32)) for n in copy.names}
         arith = self.arithmetic if group in INT8_TRANSFORMS else "exact"
         meta, arrays = copy.program(group, profile, arith, _abs_input(model, group))
@@ -242,27 +252,45 @@ class X86Backend(Backend):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             x = torch.randn(tuple(shape))
-        now, out = self._now(), []
-        with x86(self.threads):
-            for _ in range(self.warmup):
-                mod.segments(x, now)
-            for _ in range(self.repeats):
-                _evict_caches()
-                t = now()
-                segs = mod.segments(x, now)
-                total = now() - t
-                out.append([1e3 * v for v in (*segs, max(total - sum(segs), 0.0))])
-        return out
+        now = self._now()
 
-    def _integer_samples(self, copy: _Copy, shape: Sequence[int], group_bits: Mapping[str, int]
-                         ) -> list[float]:
-        """ms per repeat of the integer h_s at `group_bits` (it reads only the h_s layers)."""
-        profile = {n: int(group_bits.get(n, 8)) for n in copy.names}
-        hyper = integer_hyper(copy.model, profile)
+        def run() -> list[float]:
+            t = now()
+            segs = mod.segments(x, now)
+            total = now() - t
+            return [1e3 * v for v in (*segs, max(total - sum(segs), 0.0))]
+
+        return run
+
+    def _integer_run(self, copy: _Copy, shape: Sequence[int], group_bits: Mapping[str, int]
+                     ) -> Callable[[], list[float]]:
+        """The integer h_s at `group_bits` as a call returning [ms] (it reads only h_s's layers)."""
+        hyper = integer_hyper(copy.model, {n: int(group_bits.get(n, 8)) for n in copy.names})
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             z = torch.round(3 * torch.randn(tuple(shape))).numpy()
-        return self._time([lambda: hyper.indexes(z)])
+        now = self._now()
+
+        def run() -> list[float]:
+            t = now()
+            hyper.indexes(z)
+            return [1e3 * (now() - t)]
+
+        return run
+
+    def _interleaved(self, runs: Mapping[str, Callable[[], list[float]]]
+                     ) -> dict[str, list[list[float]]]:
+        """Each call's results per repeat, all calls in sequence in every repeat, after `warmup`
+        rounds; torch's threads and quantized engine restored afterwards."""
+        out: dict[str, list[list[float]]] = {k: [] for k in runs}
+        with x86(self.threads):
+            for _ in range(self.warmup):
+                for f in runs.values():
+                    f()
+            for _ in range(self.repeats):
+                for k, f in runs.items():
+                    out[k].append(f())
+        return out
 
     def _integer_h_s(self, copy: _Copy, names: list[str], profile: Mapping[str, int]) -> bool:
         """Whether the default export runs this h_s as the integer hyper-synthesis."""
@@ -284,19 +312,6 @@ class X86Backend(Backend):
                     f()
                 samples.append((now() - t) * 1e3)
         return samples
-
-
-_EVICT: list[torch.Tensor] = []
-
-
-def _evict_caches() -> None:
-    """Write 64 MB (more than this CPU's caches) so that a transform timed alone starts as cold as
-    it does between the other transforms of `profile_model` (and of a real decode): float layers
-    move 4× the bytes of int8 ones and suffer most from that difference (measured: an exact layer
-    inside int8 g_s was 16% cheaper in a warm loop than in the model)."""
-    if not _EVICT:
-        _EVICT.append(torch.empty(16 * 2**20, dtype=torch.float32))
-    _EVICT[0].fill_(1.0)
 
 
 def x86_int8(**options: Any) -> X86Backend:
