@@ -13,6 +13,11 @@ codes with a fixed mixed profile (MIXED: g_a.0 at 10 bits, the rest alternating 
 `select` stage; untrained, they pick 6 bits everywhere). Sessions are created
 once per variant (the CLI creates them per call: reported separately as `session_seconds`). Each
 round runs every variant once, at 1 thread (thread CPU time) and at all cores (wall time).
+
+`--engines ort-cpu x86-int8` (the default: every installed one) exports the quantized variants
+once per deployment backend (`int8`, `mixed`, … on ort-cpu; `int8-x86`, `mixed-x86`, … on
+x86-int8: PyTorch's x86 int8 engine, `backends/x86int8`); FP32 stays ONNX Runtime's (its fastest
+FP32 form). `--checkpoint Q8.pt` adds that fixed checkpoint as `ckpt` (`ckpt-x86`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,7 +45,11 @@ def _dynamic_ptq(path: Path) -> Path:
     return ptq_checkpoint(path, candidates=(6, 8, 10))
 
 
-def exports(work: Path, image: Path) -> dict[str, tuple[Path, tuple[int, ...] | None]]:
+ENGINE_SUFFIX = {"ort-cpu": "", "x86-int8": "-x86"}
+
+
+def exports(work: Path, image: Path, engines: list[str] | tuple[str, ...] = ("ort-cpu",),
+            checkpoint: str | None = None) -> dict[str, tuple[Path, tuple[int, ...] | None]]:
     """name → (export folder, forced bits or None)."""
     from dqsearch.data import load_image, pad_to_multiple
     from dqsearch.deploy.artifact import Options, export_model
@@ -48,21 +58,24 @@ def exports(work: Path, image: Path) -> dict[str, tuple[Path, tuple[int, ...] | 
 
     work.mkdir(parents=True, exist_ok=True)
     x = pad_to_multiple(load_image(image).unsqueeze(0), 64)[0]
-    specs = {
-        "fp32": (resolve_checkpoint("embedded:3"), Options(arithmetic="exact", hyper="float", subpixel="off"),
-                 None),
-        "int8": (ptq_checkpoint(work / "ptq8.pt"), Options(subpixel="on"), None),
-        "mixed": (_dynamic_ptq(work / "dq6810.pt"), Options(subpixel="on"), [x]),
-    }
+    specs = [("fp32", "ort-cpu", resolve_checkpoint("embedded:3"),
+              Options(arithmetic="exact", hyper="float", subpixel="off"), None)]
+    ptq8, dq = ptq_checkpoint(work / "ptq8.pt"), _dynamic_ptq(work / "dq6810.pt")
+    for engine in engines:
+        sfx = ENGINE_SUFFIX[engine]
+        specs += [(f"int8{sfx}", engine, ptq8, Options(subpixel="on"), None),
+                  (f"mixed{sfx}", engine, dq, Options(subpixel="on"), [x])]
+        if checkpoint:
+            specs.append((f"ckpt{sfx}", engine, Path(checkpoint), Options(subpixel="on"), None))
     out = {}
-    for name, (ckpt, opts, images) in specs.items():
-        store = export_model(ckpt, work / name, options=opts, images=images, force=True)
+    for name, engine, ckpt, opts, images in specs:
+        store = export_model(ckpt, work / name, engine, options=opts, images=images, force=True)
         out[name] = (work / name, None)
-        if name == "mixed":
+        if name.startswith("mixed"):
             bits = tuple(MIXED[n] for n in store.layer_names)
             store.profile(bits)
-            out["mixed"] = (work / name, bits)
-            out["mixed-selectors"] = (work / name, None)
+            out[name] = (work / name, bits)
+            out[name.replace("mixed", "mixed-selectors")] = (work / name, None)
     return out
 
 
@@ -72,19 +85,25 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/dqsearch-pipeline")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--engines", nargs="+", help="deployment backends (default: ort-cpu and x86-int8 "
+                    "where installed)")
+    ap.add_argument("--checkpoint", help="also a fixed quantized checkpoint (e.g. made for int8)")
+    ap.add_argument("--threads", nargs="+", type=int, help="thread counts (default: 1 and all cores)")
     ap.add_argument("-o", "--output", required=True)
     args = ap.parse_args()
     from dqsearch.deploy.files import compress_with, decompress_with
     from dqsearch.deploy.runtime import Runtime
+    from dqsearch.deploy.targets import deploy_targets
 
     torch.set_num_threads(1)
-    folders = exports(Path(args.work), Path(args.image))
+    engines = args.engines or [e for e in ENGINE_SUFFIX if e in deploy_targets()]
+    folders = exports(Path(args.work), Path(args.image), engines, args.checkpoint)
     all_cores = os.cpu_count() or 1
     runtimes, session_seconds = {}, {}
     forced = {}
     for name, (folder, bits) in folders.items():
         forced[name] = bits
-        for threads in dict.fromkeys((1, all_cores)):
+        for threads in dict.fromkeys(args.threads or (1, all_cores)):
             runtimes[(name, threads)] = Runtime(folder, threads)
     samples: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -127,7 +146,7 @@ def main() -> None:
     write_json(args.output, {
         "machine": {"cpu": cpu_model(), "cores": all_cores, "load_average": os.getloadavg()},
         "date": time.strftime("%Y-%m-%d %H:%M"), "image": args.image, "rounds": args.rounds,
-        "command": f"python benchmarks/deploy_pipeline.py --image {args.image} -o {args.output}",
+        "command": "python benchmarks/deploy_pipeline.py " + " ".join(sys.argv[1:]), "engines": engines,
         "session_seconds": session_seconds, "variants": results})
     for key, row in results.items():
         e, d = row["encode"], row["decode"]

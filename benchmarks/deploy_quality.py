@@ -3,6 +3,8 @@
     python benchmarks/deploy_quality.py --checkpoint Q8.pt --dataset ../shared/data/kodak \\
         --exports int8=DIR1 exact=DIR2 integer=DIR3 -o benchmarks/results/deploy_quality.json
 
+Exports of any deployment backend (ort-cpu, x86-int8: `dqsearch export --backend NAME`).
+
 For each image: the PyTorch codec's file and PSNR; that same file decoded through each export (bpp
 is the file's, so identical by construction; the test is that it decodes and how far the PSNR
 moves); and each export's own encode + decode round trip (its bpp can differ: an int8 g_a rounds
@@ -47,17 +49,19 @@ def main() -> None:
     rows = []
     for path in list_images(args.dataset)[: args.limit]:
         x = load_image(path).unsqueeze(0)
-        row, files = {"image": path.name}, {}
+        row, files, refs = {"image": path.name}, {}, {}
         for hyper in hypers:
             enc_fn, dec_fn = codecs[hyper]
             enc = enc_fn(model, ck.model_id, x)
             ref, _ = dec_fn(model, ck.model_id, enc.data)
-            files[hyper] = enc.data
+            files[hyper], refs[hyper] = enc.data, ref
             row |= {f"bpp_torch_{hyper}": enc.bpp, f"psnr_torch_{hyper}": psnr(x, ref)}
         for name, rt in runtimes.items():
             try:
                 x_hat, _, _ = rt.decode(files["integer"])
                 row[f"{name}:psnr_torch_file"] = psnr(x, x_hat)
+                # the deployment's stated tolerance (`Deployment.min_psnr_db`) is on this one
+                row[f"{name}:psnr_vs_torch_decode"] = psnr(refs["integer"], x_hat)
             except BitstreamError as e:
                 row[f"{name}:psnr_torch_file"] = None
                 row[f"{name}:error"] = str(e)
@@ -78,6 +82,9 @@ def main() -> None:
         deltas[name] = {"hyper": h, "torch_file_mean_db": statistics.fmean(d), "torch_file_worst_db": min(d),
                         "torch_file_broken (> 1 dB below)": sum(v < -1 for v in d),
                         "decode_errors": sum(r[f"{name}:psnr_torch_file"] is None for r in rows),
+                        "vs_torch_decode_min_db": min((r[f"{name}:psnr_vs_torch_decode"] for r in rows
+                                                       if r.get(f"{name}:psnr_vs_torch_decode") is not None),
+                                                      default=None),
                         "own_bpp_vs_torch_mean": means[f"{name}:bpp_own"] - means[f"bpp_torch_{h}"],
                         "own_psnr_vs_torch_mean_db": means[f"{name}:psnr_own"] - means[f"psnr_torch_{h}"]}
     write_json(args.output, {"checkpoint": args.checkpoint, "dataset": args.dataset, "images": len(rows),

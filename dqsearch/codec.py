@@ -8,9 +8,10 @@ Layout (big-endian), version 2:
 The arithmetic byte says how the scale-table indexes were computed, so that a decoder that cannot
 reproduce them bit for bit refuses the file instead of desynchronising the rANS stream (garbage):
 `integer` (`dqsearch.integer.int_hyper`: identical on every engine and machine; the default wherever
-the model allows it) or the float h_s of one engine (`float:torch`, `float:ort-cpu`), which only
-that engine decodes. Version 1 (no byte; an optional payload tag "h") is still read: its untagged
-streams are `float:v1`, which PyTorch decodes as before and other engines refuse.
+the model allows it) or the float h_s of one engine (`float:torch`, `float:ort-cpu`,
+`float:x86-int8`), which only that engine decodes. Version 1 (no byte; an optional payload tag "h")
+is still read: its untagged streams are `float:v1`, which PyTorch decodes as before and other
+engines refuse.
 The payload is a tagged tree (bytes / list / dict / int) holding CompressAI's `strings` and
 `shape`. Every length is checked against the bytes that remain, the image size is bounded before
 anything is allocated, and the CRC turns any bit flip or truncation into a clear error instead of a
@@ -43,13 +44,15 @@ PREAMBLE = len(MAGIC) + 5  # magic, version u8, crc32 u32: what `seal` puts befo
 VERSION = 2
 READABLE_VERSIONS = (1, 2)
 # entropy-parameter arithmetic: header byte ↔ name (0 is never written, so a zeroed byte is caught)
-ARITHMETIC_CODES = {1: "integer", 2: "float:torch", 3: "float:ort-cpu"}
+ARITHMETIC_CODES = {1: "integer", 2: "float:torch", 3: "float:ort-cpu", 4: "float:x86-int8"}
 ARITHMETICS = (*ARITHMETIC_CODES.values(), "float:v1")
 # who can decode a float stream bit-exactly: its own engine only
 ENGINE_HINT = {
     "float:torch": "PyTorch: dqsearch decompress without --runtime",
     "float:v1": "PyTorch: dqsearch decompress without --runtime",
     "float:ort-cpu": "ONNX Runtime: dqsearch decompress --runtime DIR (an export of this model)",
+    "float:x86-int8": "PyTorch's x86 int8 engine: dqsearch decompress --runtime DIR (an x86-int8 export "
+                      "of this model)",
 }
 PAD_MULTIPLE = 64
 MAX_SIDE = 16384

@@ -17,8 +17,10 @@ from dqsearch.backends.testing import BackendConformance, check_additivity
 OPTIONS = {"ort-cpu": {"threads": 1, "repeats": 5, "warmup": 2, "min_seconds": 0.05, "context_repeats": 2,
                        "context_random": 2},
            "tvm-cpu": {"threads": 1, "repeats": 5, "budget_seconds": 0.3, "min_repeat_ms": 5},
-           "torch-cpu": {"threads": 1, "repeats": 5}}
+           "torch-cpu": {"threads": 1, "repeats": 5},
+           "x86-int8": {"threads": 1, "repeats": 5, "warmup": 2}}
 # see backends/onnxruntime/tests/test_ort_conformance.py and tests/backends/test_torchcpu_plugin.py
+# (x86-int8 meets the default: backends/x86int8/tests/test_x86_conformance.py)
 TOLERANCE = {"ort-cpu": 0.5, "torch-cpu": 0.6}
 ONLY = {n for n in os.environ.get("DQSEARCH_TEST_BACKENDS", "").split(",") if n}
 LOADABLE = [i.name for i in inspect_backends() if i.ok and (not ONLY or i.name in ONLY)]
