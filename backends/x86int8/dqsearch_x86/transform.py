@@ -194,6 +194,8 @@ class X86Transform(nn.Module):
 
     def _run(self, x: Tensor, marks: list[float] | None = None, now: Callable[[], float] | None = None
              ) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"{self.transform} takes [N, {self.in_channels}, H, W], got {list(x.shape)}")
         if marks is not None:
             marks.append(now())
         q: Tensor | None = None  # the uint8 input of the next layer, when the previous one wrote it
