@@ -120,9 +120,9 @@ class X86Backend(Backend):
                 "graph": {**GRAPH, "arithmetic": self.arithmetic, "hyper": self.hyper,
                           "fused_kernels": "torch.compile" if why is None else f"eager ({why})"},
                 "timing": {"clock": self._clock_name, "warmup": self.warmup, "repeats": self.repeats},
-                "precision": "int8 layers of g_a/g_s as x86 int8 convolutions (uint8 activations per "
-                             "tensor, symmetric int8 weights) with int8 GDN/IGDN between int8 layers; "
-                             "9–16 bits and the hyper transforms as the fake-quantized float conv"}
+                "precision": "int8 layers of g_a/h_a/g_s as oneDNN int8 convolutions (uint8 activations "
+                             "per tensor, symmetric int8 weights) with int8 GDN/IGDN between int8 "
+                             "layers; 9–16 bits and h_s as the fake-quantized float conv"}
 
     @property
     def _clock_name(self) -> str:

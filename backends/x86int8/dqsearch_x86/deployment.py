@@ -1,6 +1,6 @@
 """The x86-int8 deployment part: each transform of an exported profile as plain arrays
-(`<transform>.npz`, see `program`), run as int8 convolutions and fused int8 GDN/IGDN on PyTorch's
-x86 quantized engine (`transform.X86Transform`).
+(`<transform>.npz`, see `program`), run as oneDNN int8 convolutions on plain uint8 tensors and
+fused int8 GDN/IGDN (the kernels of PyTorch's x86 quantized engine, `transform.X86Transform`).
 
 dqsearch core calls `X86Deployment.build` for each profile it exports and `X86Deployment.load`
 for each transform it runs (`dqsearch.deploy.artifact` / `runtime`; docs/plugins.md). The entropy
@@ -39,6 +39,8 @@ INT8 = ("g_a", "h_a", "g_s")
 def arithmetic_of(transform: str, arithmetic: str) -> str:
     """The arithmetic this plugin runs `transform` in under the export's `arithmetic`."""
     return arithmetic if transform in INT8 else "exact"
+
+
 #: a small input per transform for the warm-up run of `load` (compiles the fused kernels, which
 #: then serve every size: dynamic shapes); sides differ so no two dimensions are specialised equal
 WARMUP_HW = {"g_a": (64, 128), "h_a": (4, 8), "h_s": (2, 3), "g_s": (4, 6)}
@@ -86,7 +88,7 @@ class X86Deployment(Deployment):
         self.compile = compile
 
     def versions(self) -> dict[str, Any]:
-        return {"torch": torch.__version__, "x86_engine": "x86", "malloc_keeps_freed_memory": memory.wanted(),
+        return {"torch": torch.__version__, "x86_engine": "x86",
                 "fused_kernels": "torch.compile" if compile_unavailable() is None else "eager"}
 
     def build(self, store: Any, model: nn.Module, layers: Mapping[str, LayerQuant], ranges: Mapping | None,
