@@ -34,9 +34,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from dqsearch_ort.deployment import session, transform_graph
-from dqsearch_x86.kernels import square_u8 as _square_u8  # noqa: F401  (torch_int8_encoder imports it)
+from dqsearch_x86.deployment import arithmetic_of
+from dqsearch_x86.memory import keep_freed_memory
 from dqsearch_x86.program import build_program, calibrate_gdn
-from dqsearch_x86.quantize import symmetric_int8  # noqa: F401  (torch_int8_encoder imports it)
 from dqsearch_x86.transform import X86Transform
 
 from dqsearch.atomic import write_json
@@ -52,13 +52,15 @@ from dqsearch.quant.wrap import QuantPolicy, calibrate, quantized_layers, set_pr
 
 
 def x86_module(model: torch.nn.Module, transform: str, layers: dict, ranges: dict,
-               calib: list[torch.Tensor], compile: bool = True) -> X86Transform:
+               calib: list[torch.Tensor], compile: bool = True, threads: int = 1) -> X86Transform:
     """`transform` exactly as `dqsearch export --backend x86-int8` deploys it (the plugin's program
-    builder and module), the int8 GDN ranges calibrated on `calib` as the export does."""
+    builder and module, h_a on |y| as ScaleHyperprior's), the int8 GDN ranges calibrated on `calib`
+    as the export does."""
     profile = {n: lq.bits for n, lq in layers.items()}
     gdn = calibrate_gdn(model, profile, calib)
-    meta, arrays = build_program(model, transform, layers, "int8", ranges, gdn)
-    return X86Transform(meta, arrays, threads=1, compile=compile)
+    arith = arithmetic_of(transform, "int8")
+    meta, arrays = build_program(model, transform, layers, arith, ranges, gdn, abs_input=transform == "h_a")
+    return X86Transform(meta, arrays, threads=threads, compile=compile)
 
 
 def eight_bit_model(checkpoint: str | None, calib: list[torch.Tensor]) -> tuple:
@@ -103,9 +105,13 @@ def main() -> None:
     ap.add_argument("--image", default="../shared/data/kodak/kodim01.png", help="the timed image")
     ap.add_argument("--kodak", default="../shared/data/kodak", help="images for the quality check")
     ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                    help="keep: glibc keeps freed memory (what the x86-int8 runtime sets at load with "
+                    "DQSEARCH_X86_MALLOC=keep, `dqsearch_x86.memory`); default: glibc's own policy")
     ap.add_argument("-o", "--output", default="benchmarks/results/torch_int8_decoder.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    kept = args.malloc == "keep" and keep_freed_memory()
     calib = calibration_images()
     model, p8, layers8, layers32, ranges = eight_bit_model(args.checkpoint, calib)
     eager = x86_module(model, "g_s", layers8, ranges, calib, compile=False)
@@ -170,7 +176,7 @@ def main() -> None:
     write_json(args.output, {
         "benchmark": "torch_int8_decoder", "cpu": cpu_model(), "threads": 1, "rounds": args.rounds,
         "timer": "thread CPU time and wall time, median over interleaved rounds",
-        "load_average": os.getloadavg(),
+        "load_average": os.getloadavg(), "malloc_keeps_freed_memory": kept,
         "image": args.image, "checkpoint": args.checkpoint or "embedded:3, PTQ 8 bits",
         "versions": {"torch": torch.__version__}, "timings": ms, "quality_kodak": quality,
         "per_image_psnr_db": per_image})

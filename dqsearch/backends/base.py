@@ -162,6 +162,8 @@ class Deployment(ABC):
 
     name: str = "backend"
     min_psnr_db: float = 30.0
+    #: how the deployed transforms run GDN/IGDN, recorded in the export manifest ("gdn")
+    gdn: str = "float, parametrisation folded to constants (no learned quantizer to run it in int8)"
 
     def versions(self) -> dict[str, Any]:
         """Library versions recorded in the export manifest."""

@@ -284,7 +284,7 @@ def export_model(checkpoint: str | Path, folder: str | Path, backend: str = "ort
         "model_id": ck.model_id, "architecture": ck.architecture, "arch_args": ck.arch_args,
         "codec": CODECS[ck.architecture], "layers": layers, "default_bits": default_bits,
         "options": {**options.__dict__, "decide_input": list(options.decide_input)},
-        "gdn": "float, parametrisation folded to constants (no learned quantizer to run it in int8)",
+        "gdn": deployment.gdn,
         "versions": {"dqsearch": __version__, **deployment.versions(), "torch": torch.__version__},
         "machine": {"cpu": platform.processor() or platform.machine(), "exported": time.strftime("%Y-%m-%d")},
     }

@@ -2,9 +2,10 @@
 
 `dqsearch export --backend x86-int8 -o DIR` writes each transform of a quantized checkpoint as
 plain arrays (learned int8 weights, scales, zero-points, GDN parameters and calibrated int8 GDN
-ranges); `dqsearch compress/decompress --runtime DIR` runs g_a and g_s as x86 int8 convolutions
-with int8 GDN/IGDN between them (element-wise parts fused by torch.compile), layers above 8 bits
-in the exact (fake-quantized) arithmetic, FP32 layers in float. The backend times the very
+ranges); `dqsearch compress/decompress --runtime DIR` runs g_a, h_a and g_s as oneDNN int8 convolutions
+(the x86 engine's kernels) on plain uint8 tensors, with int8 GDN/IGDN between them (element-wise
+parts fused by torch.compile), layers above 8 bits and h_s in the exact (fake-quantized)
+arithmetic, FP32 layers in float. The backend times the very
 modules the deployment builds.
 """
 

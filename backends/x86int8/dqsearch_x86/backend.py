@@ -38,10 +38,9 @@ from dqsearch.deploy.calibrate import calibration_images, output_ranges
 from dqsearch.integer.int_entropy import integer_hyper, integer_unsupported
 from dqsearch.integer.params import model_layers
 from dqsearch.quant.wrap import QuantPolicy, calibrate, quantized_layers, wrap
-from dqsearch.units import INT8_TRANSFORMS
 
 from . import context
-from .deployment import X86Deployment
+from .deployment import X86Deployment, arithmetic_of
 from .engine import unavailable, x86
 from .kernels import compile_unavailable
 from .program import build_program, calibrate_gdn
@@ -49,7 +48,7 @@ from .transform import X86Transform
 
 QUANT_BITS = tuple(range(2, 17))
 HYPER = ("integer", "float")
-GRAPH = {"builder": "x86-int8 deployment", "version": 1}
+GRAPH = {"builder": "x86-int8 deployment", "version": 2}  # 2: oneDNN on uint8, h_a int8
 
 
 def _abs_input(model: nn.Module, transform: str) -> bool:
@@ -121,9 +120,9 @@ class X86Backend(Backend):
                 "graph": {**GRAPH, "arithmetic": self.arithmetic, "hyper": self.hyper,
                           "fused_kernels": "torch.compile" if why is None else f"eager ({why})"},
                 "timing": {"clock": self._clock_name, "warmup": self.warmup, "repeats": self.repeats},
-                "precision": "int8 layers of g_a/g_s as x86 int8 convolutions (uint8 activations per "
-                             "tensor, symmetric int8 weights) with int8 GDN/IGDN between int8 layers; "
-                             "9–16 bits and the hyper transforms as the fake-quantized float conv"}
+                "precision": "int8 layers of g_a/h_a/g_s as oneDNN int8 convolutions (uint8 activations "
+                             "per tensor, symmetric int8 weights) with int8 GDN/IGDN between int8 "
+                             "layers; 9–16 bits and h_s as the fake-quantized float conv"}
 
     @property
     def _clock_name(self) -> str:
@@ -140,7 +139,7 @@ class X86Backend(Backend):
             holder = nn.Sequential(OrderedDict([(spec.group, nn.Sequential(spec.module()))]))
             x = torch.randn(spec.input_shape)
         copy = _Copy(holder, [x])
-        arith = self.arithmetic if spec.group in INT8_TRANSFORMS else "exact"
+        arith = arithmetic_of(spec.group, self.arithmetic)
         meta, arrays = copy.program(spec.group, {f"{spec.group}.0": bits}, arith, False)
         mod = X86Transform(meta, arrays, self.threads, self.compile)
         return Measurement.from_samples(self._time([lambda: mod(x)]))
@@ -229,7 +228,7 @@ class X86Backend(Backend):
                     z = torch.round(3 * x).numpy()
                     runs.append(lambda h=hyper, z=z: h.indexes(z))
                     continue
-                arith = self.arithmetic if group in INT8_TRANSFORMS else "exact"
+                arith = arithmetic_of(group, self.arithmetic)
                 meta, arrays = copy.program(group, profile, arith, _abs_input(model, group))
                 mod = X86Transform(meta, arrays, self.threads, self.compile)
                 runs.append(lambda m=mod, x=x: m(x))
@@ -246,7 +245,7 @@ class X86Backend(Backend):
         """One transform at `group_bits` (the rest of the model at FP32, which it does not see) as
         a call returning [head, layer segments…, call overhead] in ms."""
         profile = {n: int(group_bits.get(n, FP32)) for n in copy.names}
-        arith = self.arithmetic if group in INT8_TRANSFORMS else "exact"
+        arith = arithmetic_of(group, self.arithmetic)
         meta, arrays = copy.program(group, profile, arith, _abs_input(model, group))
         mod = X86Transform(meta, arrays, self.threads, self.compile)
         with torch.random.fork_rng(devices=[]):

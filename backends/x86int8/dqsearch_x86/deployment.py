@@ -1,6 +1,6 @@
 """The x86-int8 deployment part: each transform of an exported profile as plain arrays
-(`<transform>.npz`, see `program`), run as int8 convolutions and fused int8 GDN/IGDN on PyTorch's
-x86 quantized engine (`transform.X86Transform`).
+(`<transform>.npz`, see `program`), run as oneDNN int8 convolutions on plain uint8 tensors and
+fused int8 GDN/IGDN (the kernels of PyTorch's x86 quantized engine, `transform.X86Transform`).
 
 dqsearch core calls `X86Deployment.build` for each profile it exports and `X86Deployment.load`
 for each transform it runs (`dqsearch.deploy.artifact` / `runtime`; docs/plugins.md). The entropy
@@ -23,12 +23,24 @@ from dqsearch.backends import Deployment
 from dqsearch.integer.params import LayerQuant
 from dqsearch.quant.wrap import quantized_layers
 
+from . import memory
 from .engine import unavailable
 from .kernels import compile_unavailable
 from .program import build_program, calibrate_gdn, load_program, save_program
 from .transform import X86Transform
 
 TRANSFORMS = ("g_a", "h_a", "h_s", "g_s")
+#: the transforms built on int8 kernels where their layers are ≤ 8 bits (under the int8
+#: arithmetic); h_s stays exact: the default streams take their entropy parameters from the
+#: core's integer h_s, and a float h_s must match the encoder's bit for bit
+INT8 = ("g_a", "h_a", "g_s")
+
+
+def arithmetic_of(transform: str, arithmetic: str) -> str:
+    """The arithmetic this plugin runs `transform` in under the export's `arithmetic`."""
+    return arithmetic if transform in INT8 else "exact"
+
+
 #: a small input per transform for the warm-up run of `load` (compiles the fused kernels, which
 #: then serve every size: dynamic shapes); sides differ so no two dimensions are specialised equal
 WARMUP_HW = {"g_a": (64, 128), "h_a": (4, 8), "h_s": (2, 3), "g_s": (4, 6)}
@@ -38,7 +50,7 @@ def build_transforms(store: Any, model: nn.Module, layers: Mapping[str, LayerQua
                      folder: Path) -> tuple[dict[str, dict], dict[str, int]]:
     """Write g_a, h_a, h_s, g_s of one profile into `folder` (see `X86Deployment.build`)."""
     opts, codec = store.options, store.manifest["codec"]
-    arith = {t: opts.arithmetic_of(t) for t in TRANSFORMS}
+    arith = {t: arithmetic_of(t, opts.arithmetic) for t in TRANSFORMS}
     gdn_ranges: dict[str, tuple[float, float]] = {}
     if any(a == "int8" for a in arith.values()):
         profile = {n: layers[n].bits for n in quantized_layers(model)}
@@ -66,6 +78,8 @@ class X86Deployment(Deployment):
     # PTQ-8 (ort-cpu 35.94 dB: the per-tensor input scales, not this engine), small crops of PTQ-8
     # 34.1 dB (tests); docs/deploy.md. Stated like ort-cpu's, with that margin.
     min_psnr_db = 30.0
+    gdn = ("int8 between two int8 layers of g_a/g_s (x² and β + Γx² as uint8 per tensor over ranges "
+           "calibrated at export, Γx² an int8 1×1 convolution), float elsewhere")
 
     def __init__(self, compile: bool = True) -> None:
         why = unavailable()
@@ -90,7 +104,10 @@ class X86Deployment(Deployment):
 
     def load(self, folder: Path, transform: str, threads: int) -> Callable[[np.ndarray], np.ndarray]:
         """The transform as a numpy function, run once on a small input so that compiling the
-        fused kernels (and first-call allocations) happens here, outside timed stages."""
+        fused kernels (and first-call allocations) happens here, outside timed stages. With
+        `DQSEARCH_X86_MALLOC=keep`, sets glibc to keep freed memory (`memory.apply`: process-wide,
+        once; measured no faster here, so off by default)."""
+        memory.apply()
         mod = self.module(folder, transform, threads)
         if mod.compiled:
             t0 = time.perf_counter()

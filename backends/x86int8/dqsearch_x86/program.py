@@ -4,11 +4,12 @@ writes into `<transform>.npz` and `load` reads back (numpy, `allow_pickle=False`
 A transform is a chain of layers, each followed by an activation (GDN, IGDN, ReLU or none). Each
 layer runs one of three ways:
 
-* ``int8`` — ≤ 8 bits in g_a/g_s under the int8 arithmetic: an x86 int8 convolution (stride-2
+* ``int8`` — ≤ 8 bits in g_a/h_a/g_s under the int8 arithmetic: an x86 int8 convolution (stride-2
   deconvolutions as sub-pixel convolutions with phase-major outputs), per-tensor uint8 input,
-  int8 weights without zero-points, uint8 output at the learned output quantizer or the range
-  calibrated for the export;
-* ``exact`` — > 8 bits, the hyper transforms, or `--arithmetic exact`: the fake-quantized layer
+  int8 weights without zero-points; its output uint8 at the next int8 layer's input quantizer
+  (ReLU fused), or at the learned output quantizer or the range calibrated for the export where
+  an int8 GDN reads it, else the float accumulators;
+* ``exact`` — > 8 bits, h_s, or `--arithmetic exact`: the fake-quantized layer
   operation for operation (the learned per-channel input quantizer, clipped to 2^b − 1, and a
   float convolution on the fake-quantized weights);
 * ``fp32`` — a float convolution.
@@ -38,7 +39,7 @@ from dqsearch.units import FP32
 
 from .quantize import input_params, phase_major, symmetric_int8, u8_params
 
-FORMAT, VERSION = "dqsearch-x86-int8", 1
+FORMAT, VERSION = "dqsearch-x86-int8", 2  # 2: optional out_q, learned_out; h_a int8
 KINDS = ("int8", "exact", "fp32")
 ACTS = ("none", "relu", "gdn", "igdn")
 MAX_FILE_BYTES = 256 * 2**20  # our largest transform is ~1 MB; anything near this is not ours
@@ -123,12 +124,12 @@ def _int8_layer(lq: LayerQuant, out_range: tuple[float, float] | None, arrays: d
         order = phase_major(len(wq))
         wq, w_scale = wq[order], w_scale[order]
         bias = None if bias is None else bias[order]
+    out_q: list | None = None  # needed only where an int8 GDN reads the output (X86Transform)
     if lq.y_scale is not None:  # a learned output quantizer (--quantize-outputs)
-        so, zo = lq.y_scale, lq.y_zero
+        out_q = [float(lq.y_scale), int(lq.y_zero)]
     elif out_range is not None:
-        so, zo = u8_params(*out_range)
-    else:
-        raise ValueError(f"int8 arithmetic needs the calibrated output range of {lq.name}")
+        out_q = [float(v) for v in u8_params(*out_range)]
+        out_q[1] = int(out_q[1])
     sx, zx = input_params(lq)
     arrays[f"{key}.w"] = np.ascontiguousarray(wq)
     arrays[f"{key}.w_scale"] = w_scale
@@ -136,7 +137,8 @@ def _int8_layer(lq: LayerQuant, out_range: tuple[float, float] | None, arrays: d
         arrays[f"{key}.bias"] = np.ascontiguousarray(bias)
     return {"padding": [pads[0], pads[0]] if pads else list(lq.padding), "stride": list(conv.stride),
             "subpixel": bool(lq.transposed), "conv_kernel": list(wq.shape[2:]), "in_q": [float(sx), int(zx)],
-            "in_max": int(lq.qmax) if lq.x_per_tensor else 255, "out_q": [float(so), int(zo)]}
+            "in_max": int(lq.qmax) if lq.x_per_tensor else 255, "out_q": out_q,
+            "learned_out": lq.y_scale is not None}
 
 
 def _float_layer(lq: LayerQuant, arrays: dict, key: str) -> dict[str, Any]:
@@ -245,7 +247,8 @@ def _check(path: Path, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]
             try:
                 ck = tuple(int(v) for v in e["conv_kernel"])
                 sx, zx = float(e["in_q"][0]), int(e["in_q"][1])
-                so, zo = float(e["out_q"][0]), int(e["out_q"][1])
+                so, zo = (1.0, 0) if e["out_q"] is None else (float(e["out_q"][0]), int(e["out_q"][1]))
+                bool(e["learned_out"])
             except (KeyError, TypeError, ValueError, IndexError) as err:
                 raise _bad(path, f"layer {i}: {err!r}") from None
             if len(ck) != 2 or not (sx > 0 and so > 0 and 0 <= zx <= 255 and 0 <= zo <= 255):

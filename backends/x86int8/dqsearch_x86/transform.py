@@ -1,9 +1,17 @@
 """A transform program (`program.load_program`) as a runnable module on the x86 int8 engine.
 
-Values flow between layers as float NCHW, or as quint8 channels-last where an int8 layer feeds
-another (through a fused int8 GDN/IGDN when one sits between them). A sub-pixel int8 layer writes
-its 4 phases as phase-major channels; the fused IGDN after it writes the pixel shuffle directly,
-anything else unshuffles it to float NCHW first.
+Values flow between layers as float NCHW, or as plain uint8 channels-last tensors (the
+(scale, zero-point) pairs kept beside them) where an int8 layer feeds another: no quantized tensor
+types, so no copies between layers (`onednn`). Each int8 layer's output is one of:
+
+* ``gdn`` — an int8 GDN/IGDN follows and the next layer is int8: uint8 at the layer's output
+  quantizer, then x² (kernel), Γx² + β (int8 1×1 conv), the GDN output at the next layer's input
+  quantizer (kernel); a sub-pixel layer's phase-major output is read as one image 4× as wide and
+  the second kernel writes the pixel shuffle;
+* ``direct`` — the next layer is int8 with ReLU or nothing between: uint8 at the next layer's input
+  quantizer straight from the convolution, ReLU (and the 2^b − 1 clip) fused into it;
+* ``float`` — anything else: the float32 accumulators (or the learned output quantizer's values),
+  unshuffled to NCHW for a sub-pixel layer, then the float activation.
 """
 
 from __future__ import annotations
@@ -15,10 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.ao.nn.quantized import Conv2d as QConv2d
 
 from .engine import x86
-from .kernels import Kernels
+from .kernels import Kernels, flat, unflat
+from .onednn import Int8Conv, gamma_conv
 
 
 def _t(v: float) -> Tensor:
@@ -26,37 +34,18 @@ def _t(v: float) -> Tensor:
 
 
 def _unshuffle(x: Tensor) -> Tensor:
-    """Phase-major [N, 4C, H, W] (float) → the pixel-shuffled [N, C, 2H, 2W]."""
+    """Phase-major [N, 4C, H, W] (float, any layout) → the pixel-shuffled [N, C, 2H, 2W], NCHW."""
     n, c4, h, w = x.shape
     c = c4 // 4
     x = x.permute(0, 2, 3, 1).reshape(n, h, w, 2, 2, c)
     return x.permute(0, 5, 1, 3, 2, 4).reshape(n, c, 2 * h, 2 * w).contiguous()
 
 
-def _quantized_conv(w: np.ndarray, w_scale: np.ndarray, bias: np.ndarray | None, stride: list[int],
-                    padding: list[int], out_q: tuple[float, int]) -> QConv2d:
-    """An x86 int8 Conv2d (call under `engine.x86`: weights are prepacked for the engine)."""
-    o, c, kh, kw = w.shape
-    qw = torch._make_per_channel_quantized_tensor(torch.from_numpy(np.ascontiguousarray(w)),
-                                                  torch.from_numpy(w_scale.astype(np.float64)),
-                                                  torch.zeros(o, dtype=torch.long), 0)
-    conv = QConv2d(c, o, (kh, kw), stride=tuple(stride), padding=tuple(padding))
-    conv.set_weight_bias(qw, None if bias is None else torch.from_numpy(bias.astype(np.float32)))
-    conv.scale, conv.zero_point = float(out_q[0]), int(out_q[1])
-    return conv
-
-
-def _gamma_conv(gamma: np.ndarray, beta: np.ndarray, norm_max: float) -> QConv2d:
-    """Γx² + β as an int8 1×1 convolution (Γ per output channel symmetric int8, output uint8 over
-    [0, norm_max])."""
-    c = len(beta)
-    w = torch.from_numpy(gamma).reshape(c, c, 1, 1)
-    w_scale = (w.abs().amax(dim=(1, 2, 3)) / 127).clamp_min(1e-12).double()
-    qw = torch.quantize_per_channel(w, w_scale, torch.zeros(c, dtype=torch.long), 0, torch.qint8)
-    conv = QConv2d(c, c, 1)
-    conv.set_weight_bias(qw, torch.from_numpy(beta))
-    conv.scale, conv.zero_point = max(norm_max, 1e-8) / 255, 0
-    return conv
+def _phase_view(u8: Tensor) -> Tensor:
+    """A channels-last phase-major [N, 4C, H, W] as the view [N, C, H, 2, W, 2] (NCHW order of
+    the shuffled image; no copy)."""
+    n, c4, h, w = u8.shape
+    return u8.permute(0, 2, 3, 1).view(n, h, w, 2, 2, c4 // 4).permute(0, 5, 1, 3, 2, 4)
 
 
 def _fake_quantized_weight(arrays: Mapping[str, np.ndarray], key: str, transposed: bool) -> Tensor:
@@ -77,11 +66,13 @@ class Layer:
             self.subpixel = bool(e["subpixel"])
             sx, zx = e["in_q"]
             self.in_q = (float(sx), int(zx))
-            self.in_hi = (int(e["in_max"]) - int(zx)) * float(sx) if int(e["in_max"]) < 255 else None
             self.in_max = int(e["in_max"])
-            self.out_q = (float(e["out_q"][0]), int(e["out_q"][1]))
-            self.conv = _quantized_conv(arrays[f"{key}.w"], arrays[f"{key}.w_scale"], self.bias,
-                                        e["stride"], e["padding"], self.out_q)
+            self.out_q = None if e["out_q"] is None else (float(e["out_q"][0]), int(e["out_q"][1]))
+            self.learned_out = bool(e["learned_out"])
+            self.w, self.w_scale = arrays[f"{key}.w"], arrays[f"{key}.w_scale"]
+            self.stride, self.padding = e["stride"], e["padding"]
+            # the input quantizer as a kernel takes it: 1/s, z, 2^b − 1
+            self.in_k = (_t(1 / self.in_q[0]), _t(self.in_q[1]), _t(self.in_max))
         else:
             self.subpixel = False
             self.transposed = bool(e["transposed"])
@@ -101,15 +92,42 @@ class Layer:
             self.beta = torch.from_numpy(arrays[f"{key}.beta"])
             self.gdn_ranges = tuple(float(v) for v in e["gdn_ranges"])
 
-    def int8_gdn(self) -> None:
-        """Prepare the int8 GDN after this int8 layer (its next layer is int8 too)."""
+    def plan(self, nxt: Layer | None) -> None:
+        """Build the int8 convolution and choose how its output reaches `nxt` (module docstring)."""
+        if nxt is not None and nxt.kind == "int8" and self.act in ("gdn", "igdn"):
+            self.mode = "gdn"
+            if self.out_q is None:
+                raise ValueError(f"{self.name}: the export has no output quantizer for its int8 GDN: "
+                                 "re-export")
+            self._int8_gdn(nxt)
+            out_q, post, bounds = self.out_q, "none", None
+        elif nxt is not None and nxt.kind == "int8" and self.act in ("relu", "none") and not self.learned_out:
+            self.mode = "direct"
+            (s, z), top = nxt.in_q, nxt.in_max
+            lo = 0.0 if self.act == "relu" else -z * s
+            out_q, post, bounds = nxt.in_q, self.act, None
+            if top < 255:  # clip to 2^b − 1 inside the uint8 container
+                post, bounds = "hardtanh", (lo, (top - z) * s)
+        else:
+            self.mode = "float"
+            out_q, post, bounds = (self.out_q if self.learned_out else None), "none", None
+            if out_q is not None:
+                self.deq = (_t(out_q[0]), _t(out_q[1]))
+        self.conv = Int8Conv(self.w, self.w_scale, self.bias, self.stride, self.padding, self.in_q, out_q,
+                             post, bounds)
+
+    def _int8_gdn(self, nxt: Layer) -> None:
+        """The int8 GDN's constants, folded: x² at s2 = max x² / 255, the norm over [0, max norm]."""
         x2_max, norm_max = self.gdn_ranges
         if x2_max <= 0 or norm_max <= 0:
             raise ValueError(f"{self.name}: the export has no calibrated GDN range: re-export")
-        self.x2_scale = _t(x2_max / 255)
-        self.gconv = _gamma_conv(self.gamma.reshape(len(self.beta), -1).numpy(), self.beta.numpy(), norm_max)
-        self.s_t, self.z_t = _t(self.out_q[0]), _t(self.out_q[1])
-        self.sn_t, self.zn_t = _t(self.gconv.scale), _t(self.gconv.zero_point)
+        s, z = self.out_q
+        s2 = x2_max / 255
+        c = len(self.beta)
+        self.gconv = gamma_conv(self.gamma.reshape(c, c).numpy(), self.beta.numpy(), s2, norm_max)
+        (so, zo), sn = nxt.in_q, self.gconv.out_q[0]
+        self.sq_k = (_t(z), _t(s * s / s2))
+        self.gdn_k = (_t(z), _t(s / so), _t(sn), _t(zo), _t(nxt.in_max), self.act == "igdn")
 
     # --- float parts ----------------------------------------------------------------------------
     def float_conv(self, x: Tensor) -> Tensor:
@@ -148,19 +166,15 @@ class X86Transform(nn.Module):
         self.in_channels = int(meta["layers"][0]["in_channels"])
         with x86():
             self.layers = [Layer(e, arrays, f"L{i}") for i, e in enumerate(meta["layers"])]
-            self.fused = [a.kind == "int8" and b.kind == "int8" and a.act in ("gdn", "igdn")
-                          for a, b in zip(self.layers, self.layers[1:], strict=False)] + [False]
-            for layer, fused in zip(self.layers, self.fused, strict=True):
-                if fused:
-                    layer.int8_gdn()
-            for layer, nxt in zip(self.layers, self.layers[1:], strict=False):  # the next input quantizer
-                if nxt.kind == "int8":
-                    layer.next_q = (_t(nxt.in_q[0]), _t(nxt.in_q[1]), _t(nxt.in_max), nxt.in_q)
-        self.kernels = Kernels(compile) if any(self.fused) else None
+            for i, layer in enumerate(self.layers):
+                if layer.kind == "int8":
+                    layer.plan(self.layers[i + 1] if i + 1 < len(self.layers) else None)
+        self.fused = [layer.kind == "int8" and layer.mode == "gdn" for layer in self.layers]
+        self.kernels = Kernels(compile) if any(e.kind == "int8" for e in self.layers) else None
 
     @property
     def compiled(self) -> bool:
-        """Whether the fused GDN kernels run compiled (False: eager, or no int8 GDN here)."""
+        """Whether the fused kernels run compiled (False: eager, or no int8 layer here)."""
         return self.kernels is not None and self.kernels.compiled
 
     def forward(self, x: Tensor) -> Tensor:
@@ -180,49 +194,59 @@ class X86Transform(nn.Module):
 
     def _run(self, x: Tensor, marks: list[float] | None = None, now: Callable[[], float] | None = None
              ) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"{self.transform} takes [N, {self.in_channels}, H, W], got {list(x.shape)}")
         if marks is not None:
             marks.append(now())
-        if self.abs_input:
-            x = torch.abs(x)
-        q: Tensor | None = None  # the quint8 input of the next layer, when the previous one wrote it
-        for i, layer in enumerate(self.layers):
+        q: Tensor | None = None  # the uint8 input of the next layer, when the previous one wrote it
+        first = True
+        for layer in self.layers:
             if layer.kind != "int8":
+                if first and self.abs_input:
+                    x = torch.abs(x)
                 if marks is not None:
                     marks.append(now())
                 x = layer.float_act(layer.float_conv(x))
+                first = False
                 continue
             if q is None:
-                if layer.in_hi is not None:  # clip to 2^b − 1 inside the uint8 container
-                    x = torch.clamp_max(x, layer.in_hi)
-                q = torch.quantize_per_tensor(x.contiguous(memory_format=torch.channels_last),
-                                              *layer.in_q, torch.quint8)
+                q = self.kernels("quantize", x, *layer.in_k, first and self.abs_input)
+            first = False
             if marks is not None:
                 marks.append(now())
-            y = layer.conv(q)  # quint8 channels-last; phase-major channels for a sub-pixel layer
-            if self.fused[i]:
+            y = layer.conv(q)  # uint8 or float32, channels-last; phase-major for a sub-pixel layer
+            if layer.mode == "gdn":
                 q = self._int8_gdn(layer, y)
-                continue
-            q = None
-            x = y.dequantize()
-            x = layer.float_act(_unshuffle(x) if layer.subpixel else x.contiguous())
+            elif layer.mode == "direct":
+                q = y
+            else:
+                q, x = None, self._float_out(layer, y)
         x = x.contiguous()
         if marks is not None:
             marks.append(now())
         return x
 
+    def _float_out(self, layer: Layer, y: Tensor) -> Tensor:
+        """An int8 layer's output as float NCHW (unshuffled), its activation applied."""
+        if y.dtype == torch.uint8:  # the learned output quantizer's values
+            n, c, h, w = y.shape
+            if layer.subpixel:
+                x = self.kernels("dequantize", _phase_view(y), *layer.deq).view(n, c // 4, 2 * h, 2 * w)
+            else:
+                x = self.kernels("dequantize", y, *layer.deq)
+        else:
+            x = _unshuffle(y) if layer.subpixel else y
+        return layer.float_act(x)
+
     def _int8_gdn(self, layer: Layer, y: Tensor) -> Tensor:
-        """uint8 conv output → int8 GDN/IGDN → the next layer's quint8 input (shuffled if sub-pixel)."""
-        so, zo, hi, (so_f, zo_i) = layer.next_q
-        u8 = y.int_repr()
-        if layer.subpixel:  # the same memory as a [N, C, H, 4W] channels-last image
-            n, c4, h, w = u8.shape
-            u8 = u8.permute(0, 2, 3, 1).reshape(n, h, 4 * w, c4 // 4).permute(0, 3, 1, 2)
-        x2 = self.kernels("square", u8, layer.s_t, layer.z_t, layer.x2_scale)
-        norm = layer.gconv(torch._make_per_tensor_quantized_tensor(x2, float(layer.x2_scale), 0))
-        n8, sn, zn = norm.int_repr(), layer.sn_t, layer.zn_t
-        inverse = layer.act == "igdn"
+        """uint8 conv output → int8 GDN/IGDN → the next layer's uint8 input (shuffled if sub-pixel)."""
+        n, c, h, w = y.shape
+        f = flat(y)
+        if layer.subpixel:  # the same memory as an [N, C, H, 4W] channels-last image
+            c, w = c // 4, 4 * w
+        x2 = self.kernels("square", f, *layer.sq_k)
+        norm = flat(layer.gconv(unflat(x2, n, c, h, w)))
         if layer.subpixel:
-            out = self.kernels("gdn_shuffle", u8, n8, layer.s_t, layer.z_t, sn, zn, so, zo, hi, inverse)
-            return torch._make_per_tensor_quantized_tensor(out.permute(0, 3, 1, 2), so_f, zo_i)
-        out = self.kernels("gdn", u8, n8, layer.s_t, layer.z_t, sn, zn, so, zo, hi, inverse)
-        return torch._make_per_tensor_quantized_tensor(out, so_f, zo_i)
+            out = self.kernels("gdn_shuffle", f, norm, *layer.gdn_k, n, h, w // 4, c)
+            return out.permute(0, 3, 1, 2)
+        return unflat(self.kernels("gdn", f, norm, *layer.gdn_k), n, c, h, w)

@@ -149,20 +149,22 @@ def test_a_new_image_size_does_not_recompile(x86_export):
 
 @pytest.mark.parametrize("inverse", [True, False])
 def test_eager_lookup_tables_are_the_kernels_bit_for_bit(inverse):
-    """The eager path's tables give the very bytes the kernel functions compute eagerly, in the
-    layouts the transforms pass (channels-last, and the phase-major view of a sub-pixel output)."""
+    """The eager path's tables give the very bytes the kernel functions compute eagerly, on the
+    flat memory the transforms pass, and the shuffled output of a sub-pixel layer's phase-major one."""
     gen = torch.Generator().manual_seed(0)
-    u8 = torch.randint(0, 256, (1, 8, 6, 20), dtype=torch.uint8, generator=gen)
-    n8 = torch.randint(0, 256, (1, 8, 6, 20), dtype=torch.uint8, generator=gen)
-    c = [torch.tensor(v) for v in (0.031, 97.0, 0.017, 0.021, 3.0, 0.043, 121.0, 250.0)]
-    s, z, s2 = c[0], c[1], c[2]
-    for layout in (torch.contiguous_format, torch.channels_last):
-        a, b = u8.contiguous(memory_format=layout), n8.contiguous(memory_format=layout)
-        assert torch.equal(K.square_lut(a, s, z, s2), K.square_u8(a, s, z, s2))
-        k = (*c[:2], *c[3:], inverse)
-        assert torch.equal(K.gdn_lut(a, b, *k), K.gdn_out_u8(a, b, *k))
-        assert torch.equal(K.igdn_shuffle_lut(a, b, *k), K.igdn_shuffle_u8(a, b, *k))
-        assert K.square_lut(a, s, z, s2).stride() == a.stride()
+    n, h, w, c = 1, 6, 5, 8
+    u8 = torch.randint(0, 256, (n * h * w * 4 * c,), dtype=torch.uint8, generator=gen)
+    n8 = torch.randint(0, 256, (n * h * w * 4 * c,), dtype=torch.uint8, generator=gen)
+    z, k2, k, sn, zo, hi = (torch.tensor(v) for v in (97.0, 0.031, 0.9, 0.021, 3.0, 250.0))
+    assert torch.equal(K.square_lut(u8, z, k2), K.square_u8(u8, z, k2))
+    g = (z, k, sn, zo, hi, inverse)
+    assert torch.equal(K.gdn_lut(u8, n8, *g), K.gdn_out_u8(u8, n8, *g))
+    shuffled = K.igdn_shuffle_lut(u8, n8, *g, n, h, w, c)
+    assert torch.equal(shuffled, K.igdn_shuffle_u8(u8, n8, *g, n, h, w, c))
+    # pixel (2i + a, 2j + b) holds phase (a, b) of input pixel (i, j)
+    phases = K.gdn_out_u8(u8, n8, *g).view(n, h, w, 2, 2, c)
+    assert torch.equal(shuffled[0, 2 * 3 + 1, 2 * 4 + 0], phases[0, 3, 4, 1, 0])
+    assert int(K.gdn_out_u8(u8, n8, *g).max()) <= 250
 
 
 def test_no_compiler_means_eager_with_one_warning(monkeypatch, x86_export):
