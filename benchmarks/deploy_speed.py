@@ -281,7 +281,8 @@ def main() -> None:
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "load_average": os.getloadavg()},
         "threads": args.threads, "clock": "thread CPU time" if args.threads == 1 else "wall",
         "rounds": args.rounds, "image": args.image, "input": list(x.shape[-2:]), "backend": args.backend,
-        "engines": engines, "command": "python benchmarks/deploy_speed.py " + " ".join(sys.argv[1:]),
+        "engines": engines, "x86_malloc": os.environ.get("DQSEARCH_X86_MALLOC", "keep"),
+        "command": "python benchmarks/deploy_speed.py " + " ".join(sys.argv[1:]),
         "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__},
         "date": time.strftime("%Y-%m-%d %H:%M"), "variants": results, "op_breakdown_ms": breakdown,
     }

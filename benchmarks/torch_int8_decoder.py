@@ -106,8 +106,8 @@ def main() -> None:
     ap.add_argument("--kodak", default="../shared/data/kodak", help="images for the quality check")
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--malloc", choices=("keep", "default"), default="keep",
-                    help="keep: glibc keeps freed memory (what the x86-int8 runtime sets at load with "
-                    "DQSEARCH_X86_MALLOC=keep, `dqsearch_x86.memory`); default: glibc's own policy")
+                    help="keep: glibc keeps freed memory (what the x86-int8 runtime sets at load unless "
+                    "DQSEARCH_X86_MALLOC=default, `dqsearch_x86.memory`); default: glibc's own policy")
     ap.add_argument("-o", "--output", default="benchmarks/results/torch_int8_decoder.json")
     args = ap.parse_args()
     torch.set_num_threads(1)

@@ -102,8 +102,8 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="only the per-stage profile of the int8 encoder")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--malloc", choices=("keep", "default"), default="keep",
-                    help="keep: glibc keeps freed memory (what the x86-int8 runtime sets at load with "
-                    "DQSEARCH_X86_MALLOC=keep, `dqsearch_x86.memory`); default: glibc's own policy")
+                    help="keep: glibc keeps freed memory (what the x86-int8 runtime sets at load unless "
+                    "DQSEARCH_X86_MALLOC=default, `dqsearch_x86.memory`); default: glibc's own policy")
     ap.add_argument("-o", "--output", help="JSON (default benchmarks/results/torch_int8_encoder.json, "
                     "with --profile …_profile.json)")
     args = ap.parse_args()

@@ -29,7 +29,9 @@ def integer_unsupported(model: nn.Module, profile: dict[str, int]) -> str | None
 
 def integer_hyper(model: nn.Module, profile: dict[str, int]) -> IntegerHyperSynthesis:
     """The integer h_s of the model at `profile` (built from the learned parameters, ~ms)."""
-    layers = model_layers(model, profile)
+    # only h_s matters here: other layers may run at any precision, FP32 included (a latency
+    # backend's PTQ copy is wrapped over 2–16 bits and timed with FP32 layers elsewhere)
+    layers = model_layers(model, profile, allow_fp32=True)
     hs = [lq for n, lq in layers.items() if n.startswith("h_s.")]
     return IntegerHyperSynthesis.build(hs, model.gaussian_conditional.scale_table.tolist())
 

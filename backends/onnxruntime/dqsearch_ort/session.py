@@ -58,6 +58,10 @@ class SessionConfig:
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
+        if self.threads > 1:
+            # pool threads that spin after a run take the cores the next session (g_a → h_a, h_s
+            # → g_s) or another process needs: like OpenMP's active wait, see OMP_WAIT_POLICY
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if profile_prefix:
             so.enable_profiling = True
             so.profile_file_prefix = profile_prefix
