@@ -1,14 +1,15 @@
 """Every engine decodes every engine's stream to the same latents, or refuses it by name.
 
 Used by `benchmarks/cross_engine.py` (all 24 Kodak images, JSON committed) and the test on a
-subset. Engines: PyTorch (`dqsearch.codec`) and ONNX Runtime (`deploy.runtime.Runtime`); a stream
-from the integer h_s must decode to identical y_hat on both, and a float-h_s stream must be refused
-by the other engine with one line naming its own (never decoded to garbage).
+subset. Engines: PyTorch (`dqsearch.codec`) and every export given (`deploy.runtime.Runtime` of
+ort-cpu, x86-int8, …); a stream from the integer h_s must decode to identical y_hat on all, and a
+float-h_s stream must be refused by every other engine with one line naming its own (never decoded
+to garbage).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,33 +25,34 @@ if TYPE_CHECKING:  # onnxruntime is needed only by whoever passes a Runtime
     from .runtime import Runtime
 
 
-def engines(model: nn.Module, model_id: str, runtime: Runtime, float_runtime: Runtime | None = None
+def engines(model: nn.Module, model_id: str, runtimes: Mapping[str, Runtime],
+            float_runtimes: Mapping[str, Runtime] | None = None
             ) -> tuple[dict[str, Callable], dict[str, Callable]]:
     """(encoders, latent decoders) by engine name; encoders return bytes, decoders y_hat.
-    `float_runtime`: an export made with --hyper float (its streams are float:ort-cpu)."""
-    encoders = {
+    `runtimes`: integer-h_s exports by engine name (ort-cpu, x86-int8, …); `float_runtimes`:
+    exports made with --hyper float (their streams are float:<engine>), encoders "<engine>-float"."""
+    encoders: dict[str, Callable] = {
         "torch": lambda x: encode(model, model_id, x).data,
         "torch-float": lambda x: encode(model, model_id, x, hyper="float:torch").data,
-        "ort-cpu": lambda x: runtime.encode(x)[0].data,
     }
-    if float_runtime is not None:
-        encoders["ort-cpu-float"] = lambda x: float_runtime.encode(x)[0].data
-    decoders = {
-        "torch": lambda data: latents(model, model_id, data)[0],
-        "ort-cpu": lambda data: runtime.latents(data)[0],
-    }
+    decoders: dict[str, Callable] = {"torch": lambda data: latents(model, model_id, data)[0]}
+    for name, rt in runtimes.items():
+        encoders[name] = lambda x, rt=rt: rt.encode(x)[0].data
+        decoders[name] = lambda data, rt=rt: rt.latents(data)[0]
+    for name, rt in (float_runtimes or {}).items():
+        encoders[f"{name}-float"] = lambda x, rt=rt: rt.encode(x)[0].data
     return encoders, decoders
 
 
-def cross_check(model: nn.Module, model_id: str, runtime: Runtime, image: torch.Tensor,
-                float_runtime: Runtime | None = None) -> dict:
+def cross_check(model: nn.Module, model_id: str, runtimes: Mapping[str, Runtime], image: torch.Tensor,
+                float_runtimes: Mapping[str, Runtime] | None = None) -> dict:
     """One image: for each encoder, each decoder's outcome ("same" latents as the encoder's own
     engine, "different", or "refused: <message>")."""
-    encoders, decoders = engines(model, model_id, runtime, float_runtime)
+    encoders, decoders = engines(model, model_id, runtimes, float_runtimes)
     out: dict = {}
     for enc_name, enc in encoders.items():
         data = enc(image)
-        own = "torch" if enc_name.startswith("torch") else "ort-cpu"
+        own = enc_name.removesuffix("-float")
         results: dict[str, torch.Tensor | str] = {}
         for dec_name, dec in decoders.items():
             try:

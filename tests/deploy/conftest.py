@@ -50,12 +50,12 @@ def image():
     return load_image(list_images(sample_images_dir())[1])[:, :64, :96].unsqueeze(0).contiguous()
 
 
-def export(checkpoint, folder, **options):
+def export(checkpoint, folder, backend="ort-cpu", **options):
     from dqsearch.deploy.artifact import Options, export_model
 
     opts = dict(subpixel="on", decide_input=(64, 64))
     opts.update(options)
-    return export_model(checkpoint, folder, options=Options(**opts), force=True)
+    return export_model(checkpoint, folder, backend, options=Options(**opts), force=True)
 
 
 @pytest.fixture(scope="session")
