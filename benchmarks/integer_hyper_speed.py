@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,9 @@ from dqsearch.deploy.calibrate import calibration_images
 from dqsearch.integer.int_entropy import integer_hyper
 from dqsearch.models import load_checkpoint, resolve_checkpoint
 from dqsearch.quant.wrap import QuantPolicy, calibrate, quantized_layers, set_profile, wrap
+
+sys.path.insert(0, str(Path(__file__).parent))
+from interleaved import timed  # noqa: E402
 
 KODAK = Path(__file__).resolve().parents[2] / "shared/data/kodak"
 
@@ -52,21 +54,6 @@ def z_hat(model, path: Path) -> np.ndarray:
     x = pad_to_multiple(load_image(path, warn=False).unsqueeze(0), PAD_MULTIPLE)[0]
     with torch.no_grad():
         return torch.round(model.h_a(model.g_a(x).abs())).numpy()
-
-
-def timed(runs: dict, rounds: int) -> dict[str, dict[str, float]]:
-    """Median thread CPU and wall ms of each callable, all interleaved in every round."""
-    cpu: dict[str, list[float]] = {k: [] for k in runs}
-    wall: dict[str, list[float]] = {k: [] for k in runs}
-    for f in runs.values():
-        f(), f()
-    for _ in range(rounds):
-        for k, f in runs.items():
-            t, w = time.thread_time(), time.perf_counter()
-            f()
-            cpu[k].append(1000 * (time.thread_time() - t))
-            wall[k].append(1000 * (time.perf_counter() - w))
-    return {k: {"cpu_ms": statistics.median(cpu[k]), "wall_ms": statistics.median(wall[k])} for k in runs}
 
 
 def main() -> None:

@@ -28,8 +28,9 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -49,6 +50,9 @@ from dqsearch.integer.int_entropy import integer_hyper
 from dqsearch.integer.params import model_layers
 from dqsearch.models import load_checkpoint, resolve_checkpoint
 from dqsearch.quant.wrap import QuantPolicy, calibrate, quantized_layers, set_profile, wrap
+
+sys.path.insert(0, str(Path(__file__).parent))
+from interleaved import timed  # noqa: E402
 
 
 def x86_module(model: torch.nn.Module, transform: str, layers: dict, ranges: dict,
@@ -81,21 +85,6 @@ def ort_runner(graphs: dict) -> Callable[[str, torch.Tensor], np.ndarray]:
     """One-thread ONNX Runtime sessions of `graphs`; run(name, x) → the graph's output."""
     sessions = {k: session(g, 1) for k, g in graphs.items()}
     return lambda name, x: sessions[name].run(None, {"x": x.numpy()})[0]
-
-
-def timed(runs: dict, rounds: int) -> dict[str, dict[str, float]]:
-    """Median thread CPU and wall ms of each callable, all interleaved in every round."""
-    cpu: dict[str, list[float]] = {k: [] for k in runs}
-    wall: dict[str, list[float]] = {k: [] for k in runs}
-    for f in runs.values():  # warm-up: prepacking, first-call allocations, compilation
-        f(), f()
-    for _ in range(rounds):
-        for k, f in runs.items():
-            t, w = time.thread_time(), time.perf_counter()
-            f()
-            cpu[k].append(1000 * (time.thread_time() - t))
-            wall[k].append(1000 * (time.perf_counter() - w))
-    return {k: {"cpu_ms": statistics.median(cpu[k]), "wall_ms": statistics.median(wall[k])} for k in runs}
 
 
 def main() -> None:
