@@ -10,7 +10,7 @@ identical; tests compare both paths on random, extreme and trained models.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,6 +86,12 @@ class LimbHyper:
     def accumulator(self, q: np.ndarray) -> torch.Tensor:
         """ReLU'd last-layer accumulators float64 [s, s, O, H, W] (exact integers, phase-major) from
         the first layer's quantized input q [C, H, W]."""
+        *_, acc = self.layer_steps(q)
+        return acc
+
+    def layer_steps(self, q: np.ndarray) -> Iterator[torch.Tensor]:
+        """`accumulator` one layer at a time: yields after each layer (its requantized output, the
+        last layer's accumulators at the end), so a latency table can time each layer's share."""
         ws = self.workspace
         first = self.convs[0]
         buf = first.buffer(q.shape[1], q.shape[2], ws)
@@ -94,7 +100,8 @@ class LimbHyper:
             x = requant(conv(buf, ws))  # [s, s, h, w, O] offset values of the next layer's input
             buf = nxt.buffer(x.shape[2] * conv.shuffle, x.shape[3] * conv.shuffle, ws)
             _write(nxt.interior(buf), x)
-        return self.convs[-1](buf, ws).clamp_min_(0)
+            yield x
+        yield self.convs[-1](buf, ws).clamp_min_(0)
 
     def indexes(self, acc: torch.Tensor, thresholds: np.ndarray) -> np.ndarray:
         """Scale-table indexes int32 [M, H·s, W·s] of `accumulator`'s output."""

@@ -20,8 +20,9 @@ Rules that make the profiled graph the deployed one (`dqsearch.deploy.artifact.O
 * int8 weights stored as `--int8-weights` says (``exact``: learned zero-points).
 
 * h_s as the export's `--hyper` says: ``integer`` (the default; ScaleHyperprior only) runs the
-  integer-only hyper-synthesis in numpy (`dqsearch.integer.int_hyper`, ~10 ms at 768×512 whatever
-  the bits), timed per layer here (`time_integer_hyper`); ``float`` the ONNX h_s graph.
+  integer-only hyper-synthesis (`dqsearch.integer.int_hyper`: int8 limb products where `_int_mm`
+  runs, ~3 ms at 768×512; the float64 reference, ~10 ms, elsewhere), timed per layer here as the
+  runtime runs it (`time_integer_hyper`); ``float`` the ONNX h_s graph.
 """
 
 from __future__ import annotations
@@ -56,7 +57,15 @@ HYPER = ("integer", "float")
 def graph_metadata(arithmetic: str, int8_weights: str, hyper: str) -> dict:
     return {"builder": GRAPH_BUILDER, "version": GRAPH_VERSION, "arithmetic": arithmetic,
             "int8_weights": int8_weights, "subpixel": "each deconvolution that runs in int8",
-            "hyper": hyper}
+            "hyper": hyper, **({"integer_h_s": _integer_h_s_path()} if hyper == "integer" else {})}
+
+
+def _integer_h_s_path() -> str:
+    """Which integer h_s the runtime runs here (an identity key: tables timed on the other are
+    not reused)."""
+    from dqsearch.integer.limbs import int8_matmul_works
+
+    return "int8 limb products" if int8_matmul_works() else "float64 reference"
 
 
 def check_options(arithmetic: str, int8_weights: str, hyper: str = "integer") -> None:
@@ -160,25 +169,37 @@ def integer_hyper(q: QuantizedCopy, profile: Mapping[str, int]) -> IntegerHyperS
 def time_integer_hyper(hyper: IntegerHyperSynthesis, names: Sequence[str], z_hat: np.ndarray,
                        warmup: int, repeats: int, clock: Callable[[], float] = time.thread_time
                        ) -> dict[str, list[float]]:
-    """Per run, ms: each layer's step of `IntegerHyperSynthesis.indexes` (integer conv, shuffle,
-    ReLU, requantization) and, under HEAD, the rest (input quantizer, scale-table search)."""
+    """Per run, ms: each layer's step of `IntegerHyperSynthesis.indexes` as the deployed runtime
+    runs it — the int8 limb path (`LimbHyper.layer_steps`) where it runs here, else the float64
+    reference (integer conv, shuffle, ReLU, requantization) — and, under HEAD, the rest (input
+    quantizer, scale-table lookup)."""
+    fast = hyper.fast_path()
     out: dict[str, list[float]] = {"_head": [], **{n: [] for n in names}}
     for i in range(warmup + repeats):
         t = clock()
         q = hyper.quantize_input(z_hat[0])
         step = {"_head": clock() - t}
-        y = q
-        for j, (name, layer) in enumerate(zip(names, hyper.layers, strict=True)):
+        if fast is not None:
+            steps = fast.layer_steps(q)
+            for name in names:
+                t = clock()
+                acc = next(steps)
+                step[name] = clock() - t
             t = clock()
-            y = np.maximum(_shuffle(_conv(q, layer), layer.shuffle), 0)
-            if j + 1 < len(hyper.layers):
-                m, z = hyper.multipliers[j], hyper.next_zero[j]
-                q = np.round(y.astype(np.float64) * m[:, None, None]).astype(np.int64) + z[:, None, None]
-                q = np.clip(q, 0, hyper.layers[j + 1].qmax)
-            step[name] = clock() - t
-        t = clock()
-        np.searchsorted(hyper.thresholds, y, side="left")
-        step["_head"] += clock() - t
+            fast.indexes(acc, hyper.thresholds)
+            step["_head"] += clock() - t
+        else:
+            for j, (name, layer) in enumerate(zip(names, hyper.layers, strict=True)):
+                t = clock()
+                y = np.maximum(_shuffle(_conv(q, layer), layer.shuffle), 0)
+                if j + 1 < len(hyper.layers):
+                    m, z = hyper.multipliers[j], hyper.next_zero[j]
+                    q = np.round(y.astype(np.float64) * m[:, None, None]).astype(np.int64) + z[:, None, None]
+                    q = np.clip(q, 0, hyper.layers[j + 1].qmax)
+                step[name] = clock() - t
+            t = clock()
+            np.searchsorted(hyper.thresholds, y, side="left")
+            step["_head"] += clock() - t
         if i >= warmup:
             for k, v in step.items():
                 out[k].append(v * 1e3)
