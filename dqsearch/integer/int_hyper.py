@@ -127,7 +127,9 @@ class IntegerHyperSynthesis:
                           if int8_matmul_works() else None)
         return self._fast
 
-    def _fast_for(self, z_hat: np.ndarray) -> LimbHyper | None:
+    def fast_path_for(self, z_hat: np.ndarray) -> LimbHyper | None:
+        """The path `indexes(z_hat)` takes now: the int8 limb path, or None for the float64 one
+        (a latency table times the same choice)."""
         if self._fast is False and z_hat.shape[-2] * z_hat.shape[-1] < FAST_MIN_PIXELS:
             return None  # one small call: the float64 path is cheaper than building the int8 one
         return self.fast_path()
@@ -154,7 +156,7 @@ class IntegerHyperSynthesis:
         """Scale-table indexes [1, M, H, W] (int32) for z_hat [1, N, h, w]."""
         if z_hat.ndim != 4 or z_hat.shape[0] != 1:
             raise ValueError(f"expected z_hat of shape [1, C, H, W], got {z_hat.shape}")
-        fast = self._fast_for(z_hat)
+        fast = self.fast_path_for(z_hat)
         if fast is not None:
             try:
                 return fast.indexes(fast.accumulator(self.quantize_input(z_hat[0])), self.thresholds)[None]
@@ -173,7 +175,7 @@ class IntegerHyperSynthesis:
 
     def accumulator(self, z_hat: np.ndarray) -> np.ndarray:
         """The last layer's ReLU'd integer output [M, H, W] (value · 2^F)."""
-        fast = self._fast_for(z_hat)
+        fast = self.fast_path_for(z_hat)
         if fast is not None:
             try:
                 return unshuffle(fast.accumulator(self.quantize_input(z_hat[0])).to(torch.int64)).numpy()

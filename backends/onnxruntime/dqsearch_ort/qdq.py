@@ -173,7 +173,7 @@ def time_integer_hyper(hyper: IntegerHyperSynthesis, names: Sequence[str], z_hat
     runs it — the int8 limb path (`LimbHyper.layer_steps`) where it runs here, else the float64
     reference (integer conv, shuffle, ReLU, requantization) — and, under HEAD, the rest (input
     quantizer, scale-table lookup)."""
-    fast = hyper.fast_path()
+    fast = hyper.fast_path_for(z_hat)  # the path the runtime takes for this input
     out: dict[str, list[float]] = {"_head": [], **{n: [] for n in names}}
     for i in range(warmup + repeats):
         t = clock()
