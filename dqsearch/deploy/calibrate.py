@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..backends.tracing import float_model
 from ..codec import PAD_MULTIPLE
 from ..data import list_images, load_image, pad_to_multiple, sample_images_dir
-from ..quant.wrap import conv_layers, quantized_layers, set_profile
+from ..quant.wrap import QuantPolicy, calibrate, conv_layers, quantized_layers, set_profile, wrap
 
 CALIBRATION_SIDE = 256
 
@@ -34,6 +35,21 @@ def calibration_images(folder: str | Path | None = None, limit: int = 4, side: i
         top, left = max(0, (h - side) // 2), max(0, (w - side) // 2)
         out.append(pad_to_multiple(x[:, top:top + side, left:left + side].unsqueeze(0), PAD_MULTIPLE)[0])
     return out
+
+
+def ptq_copy(model: nn.Module, bits: Sequence[int], images: Sequence[torch.Tensor] | None = None
+             ) -> tuple[nn.Module, list[torch.Tensor]]:
+    """(a post-training-quantized copy of `model`, the images it was calibrated on): every conv
+    wrapped dynamic over `bits` (DPA quantizers, the training default) and its ranges calibrated
+    on `images` (default: two bundled 128² crops). What the deploying backends profile: timing
+    does not depend on weight values, only on the graph a profile deploys."""
+    with torch.random.fork_rng(devices=[]):  # selectors' random init must not move the caller's RNG
+        torch.manual_seed(0)
+        copy = wrap(float_model(model), QuantPolicy.dynamic(tuple(bits))).eval()
+    images = list(images) if images is not None else calibration_images(limit=2, side=128)
+    with torch.no_grad():
+        calibrate(copy, images)
+    return copy, images
 
 
 @torch.no_grad()

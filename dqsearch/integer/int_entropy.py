@@ -33,7 +33,18 @@ def integer_hyper(model: nn.Module, profile: dict[str, int]) -> IntegerHyperSynt
     # backend's PTQ copy is wrapped over 2–16 bits and timed with FP32 layers elsewhere)
     layers = model_layers(model, profile, allow_fp32=True)
     hs = [lq for n, lq in layers.items() if n.startswith("h_s.")]
-    return IntegerHyperSynthesis.build(hs, model.gaussian_conditional.scale_table.tolist())
+    return IntegerHyperSynthesis.build(hs, scale_table(model))
+
+
+def scale_table(model: nn.Module) -> list[float]:
+    """The model's scale table, or CompressAI's default where it is not built yet (a freshly
+    initialised model, e.g. the copy a latency backend profiles: same number of entries)."""
+    table = model.gaussian_conditional.scale_table
+    if table.numel() == 0:
+        from compressai.models.google import get_scale_table
+
+        table = get_scale_table()
+    return table.tolist()
 
 
 def integer_indexes(model: nn.Module, profile: dict[str, int], z_hat: torch.Tensor) -> torch.Tensor:

@@ -71,6 +71,31 @@ class LayerQuant:
                 and bool(np.all(self.x_zero == self.x_zero[0])))
 
 
+def union_range(lq: LayerQuant) -> tuple[float, float]:
+    """The smallest range holding every input channel's learned clipping range, and zero."""
+    lo = lq.x_scale * (0 - lq.x_zero)
+    hi = lq.x_scale * (lq.qmax - lq.x_zero)
+    return min(float(lo.min()), 0.0), max(float(hi.max()), 0.0)
+
+
+def u8_params(lo: float, hi: float) -> tuple[float, int]:
+    """(scale, zero-point) of an asymmetric uint8 quantizer over [lo, hi] (which holds zero)."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = max(hi - lo, 1e-8) / 255.0
+    return scale, int(np.clip(round(-lo / scale), 0, 255))
+
+
+def input_params(lq: LayerQuant) -> tuple[float, int]:
+    """An int8 kernel's per-tensor input (scale, zero-point): the learned pair itself for a
+    per-tensor quantizer (the int8 input is then exactly the fake-quantized one), else the union of
+    the learned per-channel clipping ranges at 255 levels (an approximation). One rule for every
+    int8 deployment (ort-cpu's QLinearConv, x86-int8's oneDNN convolutions), so all run the same
+    integers."""
+    if lq.x_per_tensor:
+        return float(lq.x_scale[0]), int(lq.x_zero[0])
+    return u8_params(*union_range(lq))
+
+
 def _quant_params(q: nn.Module, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     if not hasattr(q, "scale"):
         raise ValueError(f"{type(q).__name__} quantizers cannot be deployed as integers: only the "

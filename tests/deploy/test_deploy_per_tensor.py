@@ -8,12 +8,12 @@ import onnx
 import pytest
 import torch
 from dqsearch_ort.deployment import session
-from dqsearch_ort.onnx_graph import export, input_params, quantize_graph, shuffles_in_uint8, u8_params
+from dqsearch_ort.onnx_graph import export, quantize_graph, shuffles_in_uint8
 from dqsearch_ort.session import SessionConfig
 from torch import nn
 
 from dqsearch.deploy.modules import transform_module
-from dqsearch.integer.params import layer_quant
+from dqsearch.integer.params import input_params, layer_quant, u8_params
 from dqsearch.quant.blocks import from_float
 from dqsearch.quant.wrap import calibrate, quantized_layers
 

@@ -32,7 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from dqsearch.deploy.artifact import WEIGHT_MODES
-from dqsearch.integer.params import LayerQuant
+from dqsearch.integer.params import LayerQuant, input_params, u8_params
 
 OPSET = 21  # 16-bit QuantizeLinear/DequantizeLinear are in the default domain from opset 21
 ARITHMETICS = ("exact", "int8")
@@ -112,31 +112,6 @@ def _exact(b: _Builder, lq: LayerQuant, x: str, conv: onnx.NodeProto) -> list[st
     if len(conv.input) > 2 and conv.input[2]:
         inputs.append(conv.input[2])
     return inputs
-
-
-def union_range(lq: LayerQuant) -> tuple[float, float]:
-    """The smallest range holding every input channel's learned clipping range, and zero."""
-    lo = lq.x_scale * (0 - lq.x_zero)
-    hi = lq.x_scale * (lq.qmax - lq.x_zero)
-    return min(float(lo.min()), 0.0), max(float(hi.max()), 0.0)
-
-
-def input_params(lq: LayerQuant) -> tuple[float, int]:
-    """QLinearConv's input (scale, zero-point): the learned pair itself for a per-tensor quantizer
-    (the int8 input is then exactly the fake-quantized one), else the union of the learned
-    per-channel clipping ranges at 255 levels (an approximation)."""
-    if lq.x_per_tensor:
-        return float(lq.x_scale[0]), int(lq.x_zero[0])
-    return u8_params(*union_range(lq))
-
-
-def u8_params(lo: float, hi: float) -> tuple[float, int]:
-    """(scale, zero-point) of an asymmetric uint8 quantizer over [lo, hi] (which holds zero)."""
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
-    scale = max(hi - lo, 1e-8) / 255.0
-    return scale, int(np.clip(round(-lo / scale), 0, 255))
-
-
 
 
 def int8_weights(lq: LayerQuant, mode: str = "exact") -> tuple[np.ndarray, np.ndarray]:

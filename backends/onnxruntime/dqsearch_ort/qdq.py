@@ -37,12 +37,13 @@ import torch
 from compressai.models import MeanScaleHyperprior, ScaleHyperprior
 from torch import nn
 
-from dqsearch.backends import FP32, container_of, float_model
+from dqsearch.backends import FP32, container_of
 from dqsearch.deploy.artifact import ARITHMETICS, WEIGHT_MODES
-from dqsearch.deploy.calibrate import calibration_images, output_ranges
+from dqsearch.deploy.calibrate import output_ranges, ptq_copy
+from dqsearch.integer.int_entropy import scale_table
 from dqsearch.integer.int_hyper import IntegerHyperSynthesis, _conv, _shuffle
 from dqsearch.integer.params import LayerQuant, float_layer, layer_quant
-from dqsearch.quant.wrap import QuantPolicy, calibrate, quantized_layers, wrap
+from dqsearch.quant.wrap import quantized_layers
 from dqsearch.units import INT8_TRANSFORMS
 
 #: recorded as metadata["graph"] in every table (an identity key): which builder timed it
@@ -95,13 +96,7 @@ class QuantizedCopy:
 
     def __init__(self, model: nn.Module, batches: Iterable[torch.Tensor] | None = None,
                  bits: Sequence[int] = QUANT_BITS) -> None:
-        plain = float_model(model)
-        with torch.random.fork_rng(devices=[]):  # selectors' random init must not move the caller's RNG
-            torch.manual_seed(0)
-            self.model = wrap(plain, QuantPolicy.dynamic(tuple(bits))).eval()
-        images = list(batches) if batches is not None else calibration_images(limit=2, side=128)
-        with torch.no_grad():
-            calibrate(self.model, images)
+        self.model, images = ptq_copy(model, bits, batches)
         self._blocks = quantized_layers(self.model)
         self._cache: dict[tuple[str, int], LayerQuant] = {}
         self.ranges = output_ranges(self.model, dict.fromkeys(self._blocks, 8), images)
@@ -158,12 +153,7 @@ def has_integer_hyper(model: nn.Module) -> bool:
 
 def integer_hyper(q: QuantizedCopy, profile: Mapping[str, int]) -> IntegerHyperSynthesis:
     """The integer h_s the export builds (`h_s_int.npz`) for the h_s layers of `profile` (in order)."""
-    table = q.model.gaussian_conditional.scale_table
-    if table.numel() == 0:
-        from compressai.models.google import get_scale_table
-
-        table = get_scale_table()
-    return IntegerHyperSynthesis.build([q.layer(n, b) for n, b in profile.items()], table.tolist())
+    return IntegerHyperSynthesis.build([q.layer(n, b) for n, b in profile.items()], scale_table(q.model))
 
 
 def time_integer_hyper(hyper: IntegerHyperSynthesis, names: Sequence[str], z_hat: np.ndarray,

@@ -30,14 +30,13 @@ from dqsearch.backends import (
     ModelTrace,
     cpu_model,
     cpu_signature,
-    float_model,
     parse_input_shape,
     trace_model,
 )
-from dqsearch.deploy.calibrate import calibration_images, output_ranges
+from dqsearch.deploy.calibrate import output_ranges, ptq_copy
 from dqsearch.integer.int_entropy import integer_hyper, integer_unsupported
 from dqsearch.integer.params import model_layers
-from dqsearch.quant.wrap import QuantPolicy, calibrate, quantized_layers, wrap
+from dqsearch.quant.wrap import quantized_layers
 
 from . import context, memory
 from .deployment import X86Deployment, arithmetic_of
@@ -62,12 +61,7 @@ class _Copy:
     bundled photos (ranges and GDN ranges at a profile are measured on the same photos)."""
 
     def __init__(self, model: nn.Module, images: list[torch.Tensor] | None = None) -> None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            self.model = wrap(float_model(model), QuantPolicy.dynamic(QUANT_BITS)).eval()
-        self.images = images if images is not None else calibration_images(limit=2, side=128)
-        with torch.no_grad():
-            calibrate(self.model, self.images)
+        self.model, self.images = ptq_copy(model, QUANT_BITS, images)
         self.names = list(quantized_layers(self.model))
 
     def program(self, transform: str, profile: Mapping[str, int], arithmetic: str, abs_input: bool

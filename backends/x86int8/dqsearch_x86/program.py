@@ -33,11 +33,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from dqsearch.integer import subpixel
-from dqsearch.integer.params import LayerQuant
+from dqsearch.integer.params import LayerQuant, input_params, u8_params
 from dqsearch.quant.wrap import quantized_layers, set_profile
 from dqsearch.units import FP32
 
-from .quantize import input_params, phase_major, symmetric_int8, u8_params
+from .quantize import phase_major, symmetric_int8
 
 FORMAT, VERSION = "dqsearch-x86-int8", 2  # 2: optional out_q, learned_out; h_a int8
 KINDS = ("int8", "exact", "fp32")

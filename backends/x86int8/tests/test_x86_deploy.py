@@ -256,24 +256,6 @@ def test_refused_without_the_x86_engine(monkeypatch):
         deployment_for("x86-int8")
 
 
-def test_same_integers_as_the_ort_export():
-    """The input quantizer rule is the ort-cpu int8 export's (copied, not imported: the plugins
-    are independent): both engines run the same integers."""
-    ort = pytest.importorskip("dqsearch_ort.onnx_graph")
-    from dqsearch_x86 import quantize
-
-    from dqsearch.integer.params import LayerQuant
-
-    rng = np.random.default_rng(0)
-    for per_tensor in (True, False):
-        s = np.full(6, 0.02, np.float32) if per_tensor else rng.uniform(0.01, 0.05, 6).astype(np.float32)
-        z = np.full(6, 7, np.int32) if per_tensor else rng.integers(0, 40, 6).astype(np.int32)
-        lq = LayerQuant("g_s.0", False, 6, np.zeros((4, 6, 3, 3), np.float32), None, (1, 1), (1, 1), (0, 0),
-                        x_scale=s, x_zero=z)
-        assert quantize.input_params(lq) == ort.input_params(lq)
-    assert quantize.u8_params(-1.3, 4.2) == ort.u8_params(-1.3, 4.2)
-
-
 def test_cli_export_compress_decompress(tmp_path, checkpoint_8bit, capsys):
     """`dqsearch export --backend x86-int8`, then compress/decompress --runtime --timing."""
     from dqsearch.cli import main
